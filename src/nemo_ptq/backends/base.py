@@ -1,0 +1,121 @@
+"""The one small protocol every quantization backend implements.
+
+A backend is one module in this package that defines a config dataclass and a `Backend`
+subclass, and registers it with `@register`. The pipeline drives it in three stages:
+
+    calibrate:  calibrate(fused, calibration features, out_dir)  -> writes observed ranges
+    quantize:   quantize(fused, calibration_dir, out_dir)        -> writes the INT8 artifact
+    evaluate:   load(artifact_dir) -> Runner; runner(features) -> log-probs
+
+`fused` is the FP32 quantizable model from the fuse stage (`nemo_ptq.models.fused.FusedArtifact`).
+Each stage runs in its own process, so everything a later stage needs goes through files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+import numpy as np
+
+from nemo_ptq.errors import ConfigError
+
+CONFIG_FILE = "variant.json"
+
+
+class Runner(Protocol):
+    """A loaded model: features [1, feature_dim, frames] float32 -> log-probs [1, frames', vocab+1]."""
+
+    def __call__(self, features: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class ArtifactInfo:
+    """What evaluate reports about a quantized artifact besides accuracy and speed."""
+
+    size_bytes: int  # bytes on disk of the files a deployment needs
+    int8_conv_fraction: float  # share of conv layers (by count) that run in INT8
+    int8_mac_fraction: float  # share of conv multiply-accumulates that run in INT8
+    layer_precisions: dict[str, str]  # conv layer name -> precision it really runs in
+    notes: str = ""
+
+
+class Backend(ABC):
+    """Subclasses set `name` and `config_class` and implement the five methods."""
+
+    name: ClassVar[str]
+    config_class: ClassVar[type]
+
+    def __init__(self, config: Any):
+        self.config = config
+
+    @classmethod
+    def from_params(cls, variant: str, entry: Mapping[str, Any]) -> "Backend":
+        return cls(parse_dataclass(cls.config_class, entry, where=f"variants.{variant}"))
+
+    @abstractmethod
+    def calibrate(self, fused: Any, features: Iterable[np.ndarray], out_dir: Path) -> None:
+        """Observe activation ranges on calibration features and save them under out_dir."""
+
+    @abstractmethod
+    def quantize(self, fused: Any, calibration_dir: Path, out_dir: Path) -> None:
+        """Build the INT8 artifact from the FP32 model and the saved ranges; save under out_dir."""
+
+    @abstractmethod
+    def load(self, artifact_dir: Path, threads: int) -> Runner:
+        """Load a saved artifact for inference with the given number of intra-op threads."""
+
+    @abstractmethod
+    def describe(self, artifact_dir: Path) -> ArtifactInfo:
+        """Size on disk and the precision each conv layer runs in."""
+
+    def save_config(self, out_dir: Path) -> None:
+        payload = {"backend": self.name, **dataclasses.asdict(self.config)}
+        (Path(out_dir) / CONFIG_FILE).write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+
+
+_REGISTRY: dict[str, type[Backend]] = {}
+
+
+def register(cls: type[Backend]) -> type[Backend]:
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def registry() -> dict[str, type[Backend]]:
+    return dict(_REGISTRY)
+
+
+def parse_dataclass(cls: type, values: Mapping[str, Any] | None, *, where: str) -> Any:
+    """Build a (possibly nested) dataclass from YAML values; unknown or missing keys are errors."""
+    values = dict(values or {})
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(fields)}")
+    kwargs = {}
+    for name, value in values.items():
+        field_type = fields[name].type
+        nested = _dataclass_type(field_type, cls)
+        if nested is not None and isinstance(value, Mapping):
+            value = parse_dataclass(nested, value, where=f"{where}.{name}")
+        kwargs[name] = value
+    try:
+        return cls(**kwargs)
+    except TypeError as err:  # a required key is missing
+        raise ConfigError(f"{where}: {err}") from None
+    except ValueError as err:  # __post_init__ validation
+        raise ConfigError(f"{where}: {err}") from None
+
+
+def _dataclass_type(annotation: Any, owner: type) -> type | None:
+    if isinstance(annotation, str):
+        import sys
+
+        annotation = getattr(sys.modules[owner.__module__], annotation, None)
+    return annotation if dataclasses.is_dataclass(annotation) else None

@@ -1,0 +1,68 @@
+"""Reading params.yaml: one validated dataclass per section, unknown keys are errors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from nemo_ptq.backends.base import parse_dataclass
+from nemo_ptq.errors import ConfigError
+
+DEFAULT_PARAMS = Path("params.yaml")
+
+
+def load_section(section: str, path: Path = DEFAULT_PARAMS) -> Any:
+    """The raw YAML value of one top-level section."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path} not found: run the stage from the repository root (or pass --params)")
+    try:
+        params = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {err}") from None
+    if section not in params:
+        raise ConfigError(f"{path} has no '{section}' section")
+    return params[section]
+
+
+def load_config(cls: type, section: str, path: Path = DEFAULT_PARAMS) -> Any:
+    return parse_dataclass(cls, load_section(section, path), where=section)
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    source: str
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.source, str) or not self.source.strip():
+            raise ValueError("source must be a non-empty string such as 'embedded' or 'file:model.nemo'")
+
+
+@dataclass(frozen=True)
+class FuseParams:
+    tolerance: float = 1e-3
+
+    def __post_init__(self) -> None:
+        if not 0 < float(self.tolerance) < 1:
+            raise ValueError(f"tolerance must be in (0, 1), got {self.tolerance}")
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    threads: int = 2
+    latency_audio_s: float = 10.0
+    warmup_runs: int = 3
+    timed_runs: int = 15
+
+    def __post_init__(self) -> None:
+        if int(self.threads) < 1:
+            raise ValueError(f"threads must be >= 1, got {self.threads}")
+        if not 0.5 <= float(self.latency_audio_s) <= 120:
+            raise ValueError(f"latency_audio_s must be in [0.5, 120], got {self.latency_audio_s}")
+        if int(self.warmup_runs) < 0:
+            raise ValueError(f"warmup_runs must be >= 0, got {self.warmup_runs}")
+        if int(self.timed_runs) < 1:
+            raise ValueError(f"timed_runs must be >= 1, got {self.timed_runs}")
