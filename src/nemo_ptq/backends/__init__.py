@@ -1,0 +1,25 @@
+"""Quantization backends, one module each, behind the protocol in `base`.
+
+Adding a backend: a new module here that registers a `Backend` subclass, one import line below,
+and a variant entry in params.yaml.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from nemo_ptq.backends import eager  # noqa: F401  (registers itself)
+from nemo_ptq.backends.base import Backend, registry
+from nemo_ptq.errors import ConfigError
+
+
+def get_backend(variant: str, entry: Mapping[str, Any] | None, card: Mapping[str, Any] | None = None) -> Backend:
+    """The configured backend for one `variants.<variant>` entry of params.yaml."""
+    if not isinstance(entry, Mapping) or "backend" not in entry:
+        raise ConfigError(f"variants.{variant} needs a 'backend' key; choose one of: {', '.join(registry())}")
+    name = entry["backend"]
+    backends = registry()
+    if name not in backends:
+        raise ConfigError(f"variants.{variant}: unknown backend {name!r}; choose one of: {', '.join(backends)}")
+    return backends[name].from_params(variant, entry, card)

@@ -7,6 +7,8 @@ subclass, and registers it with `@register`. The pipeline drives it in three sta
     quantize:   quantize(fused, calibration_dir, out_dir)        -> writes the INT8 artifact
     evaluate:   load(artifact_dir) -> Runner; runner(features) -> log-probs
 
+A config with calibration data has a `calibration` field holding at least `num_utterances` and
+`seed` (the calibrate stage draws that sample); a config without one is calibrated on nothing.
 `fused` is the FP32 quantizable model from the fuse stage (`nemo_ptq.models.fused.FusedArtifact`).
 Each stage runs in its own process, so everything a later stage needs goes through files.
 """
@@ -51,12 +53,14 @@ class Backend(ABC):
     name: ClassVar[str]
     config_class: ClassVar[type]
 
-    def __init__(self, config: Any):
+    def __init__(self, config: Any, card: Mapping[str, Any] | None = None):
         self.config = config
+        self.card = dict(card or {})  # the fetch-pretrained model card (vocabulary, sample rate, ...)
 
     @classmethod
-    def from_params(cls, variant: str, entry: Mapping[str, Any]) -> "Backend":
-        return cls(parse_dataclass(cls.config_class, entry, where=f"variants.{variant}"))
+    def from_params(cls, variant: str, entry: Mapping[str, Any], card: Mapping[str, Any] | None = None) -> "Backend":
+        options = {key: value for key, value in entry.items() if key != "backend"}
+        return cls(parse_dataclass(cls.config_class, options, where=f"variants.{variant}"), card)
 
     @abstractmethod
     def calibrate(self, fused: Any, features: Iterable[np.ndarray], out_dir: Path) -> None:

@@ -1,0 +1,194 @@
+"""PyTorch eager-mode static quantization (torch.ao.quantization) on the fused QuartzNet rewrite.
+
+The engine decides which kernels run the INT8 convs: on AVX-512 VNNI CPUs `onednn` is fast,
+while `x86`/`fbgemm` are very slow on depthwise Conv1d and `qnnpack` targets ARM. The artifact is
+TorchScript, whose packed weights belong to the engine used at convert time.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.ao import quantization as tq
+
+from nemo_ptq.backends.base import ArtifactInfo, Backend, register
+from nemo_ptq.errors import BackendUnavailableError, UnsupportedModelError
+from nemo_ptq.models.fused import ConvUnit, FusedCTC, conv_layers
+
+ENGINES = ("onednn", "x86", "fbgemm", "qnnpack")
+OBSERVERS = {
+    "minmax": tq.MinMaxObserver,
+    "moving_average_minmax": tq.MovingAverageMinMaxObserver,
+    "histogram": tq.HistogramObserver,
+}
+OBSERVER_STATE = "observers.pt"
+RANGES = "ranges.json"
+MODEL = "model.torchscript.pt"
+
+
+@dataclass(frozen=True)
+class EagerCalibration:
+    num_utterances: int = 32
+    seed: int = 0
+    observer: str = "histogram"  # activation observer: minmax | moving_average_minmax | histogram
+    per_channel: bool = True  # weights: per output channel (symmetric) or per tensor
+    reduce_range: bool = False  # 7-bit activations, for CPUs without VNNI (overflow safety)
+
+    def __post_init__(self) -> None:
+        if self.observer not in OBSERVERS:
+            raise ValueError(f"unknown observer {self.observer!r}; choose one of: {', '.join(OBSERVERS)}")
+        for name in ("per_channel", "reduce_range"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false")
+        if not isinstance(self.num_utterances, int) or self.num_utterances < 1:
+            raise ValueError(f"num_utterances must be an integer >= 1, got {self.num_utterances!r}")
+
+
+@dataclass(frozen=True)
+class EagerConfig:
+    engine: str
+    calibration: EagerCalibration = field(default_factory=EagerCalibration)
+
+    def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise ValueError(f"unknown engine {self.engine!r}; choose one of: {', '.join(ENGINES)}")
+        if self.engine == "qnnpack" and self.calibration.reduce_range:
+            raise ValueError("qnnpack uses full-range activations; set calibration.reduce_range: false")
+
+
+def _use_engine(engine: str) -> None:
+    if engine not in torch.backends.quantized.supported_engines:
+        raise BackendUnavailableError(
+            f"quantized engine {engine!r} is not in this torch build "
+            f"(available: {', '.join(torch.backends.quantized.supported_engines)})"
+        )
+    torch.backends.quantized.engine = engine
+
+
+@register
+class EagerBackend(Backend):
+    name = "eager"
+    config_class = EagerConfig
+
+    def _prepared(self, fused: FusedCTC) -> nn.Module:
+        """Fuse Conv+ReLU pairs, attach observers: the model calibration runs through."""
+        if not isinstance(fused, FusedCTC):
+            raise UnsupportedModelError(
+                "the eager backend quantizes the QuartzNet/Jasper rewrite only; the fuse stage found "
+                "none for this model (see data/fused/fp32_kind.json): use an export-based backend"
+            )
+        cal = self.config.calibration
+        pairs = [[f"{n}.conv", f"{n}.relu"] for n, m in fused.named_modules()
+                 if isinstance(m, ConvUnit) and isinstance(m.relu, nn.ReLU)]
+        model = tq.fuse_modules(_copy(fused), pairs)
+        if cal.per_channel:
+            weight = tq.PerChannelMinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_channel_symmetric)
+        else:
+            weight = tq.MinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_tensor_symmetric)
+        activation = OBSERVERS[cal.observer].with_args(dtype=torch.quint8, reduce_range=cal.reduce_range)
+        model.qconfig = tq.QConfig(activation=activation, weight=weight)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return tq.prepare(model)
+
+    def calibrate(self, fused: FusedCTC, features: Iterable[np.ndarray], out_dir: Path) -> None:
+        _use_engine(self.config.engine)
+        model = self._prepared(fused)
+        with torch.inference_mode():
+            for feats in features:
+                model(torch.from_numpy(feats)[None])
+        out_dir.mkdir(parents=True, exist_ok=True)
+        torch.save(model.state_dict(), out_dir / OBSERVER_STATE)
+        (out_dir / RANGES).write_text(json.dumps(_observed_ranges(model), indent=1) + "\n")
+        self.save_config(out_dir)
+
+    def quantize(self, fused: FusedCTC, calibration_dir: Path, out_dir: Path) -> None:
+        _use_engine(self.config.engine)
+        model = self._prepared(fused)
+        state = torch.load(calibration_dir / OBSERVER_STATE, map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            quantized = tq.convert(model.eval())
+            example = torch.zeros(1, fused.spec.blocks[0].body[0].in_channels, 200)
+            scripted = torch.jit.trace(quantized, example)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        torch.jit.save(scripted, out_dir / MODEL)
+        precisions = {name: _precision(m) for name, m in conv_layers(quantized).items()}
+        macs = _conv_macs(fused)
+        (out_dir / "layers.json").write_text(json.dumps({"precisions": precisions, "macs": macs}, indent=1) + "\n")
+        self.save_config(out_dir)
+
+    def load(self, artifact_dir: Path, threads: int):
+        _use_engine(self.config.engine)
+        torch.set_num_threads(threads)
+        module = torch.jit.load(str(artifact_dir / MODEL), map_location="cpu").eval()
+
+        def run(features: np.ndarray) -> np.ndarray:
+            with torch.inference_mode():
+                return module(torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))).numpy()
+
+        return run
+
+    def describe(self, artifact_dir: Path) -> ArtifactInfo:
+        layers = json.loads((artifact_dir / "layers.json").read_text())
+        precisions, macs = layers["precisions"], layers["macs"]
+        int8 = [name for name, p in precisions.items() if p == "int8"]
+        total_macs = sum(macs.values())
+        return ArtifactInfo(
+            size_bytes=(artifact_dir / MODEL).stat().st_size,
+            int8_conv_fraction=len(int8) / max(1, len(precisions)),
+            int8_mac_fraction=sum(macs.get(n, 0) for n in int8) / max(1, total_macs),
+            layer_precisions=precisions,
+            notes=f"torch eager, engine {self.config.engine}",
+        )
+
+
+def _copy(fused: FusedCTC) -> FusedCTC:
+    clone = FusedCTC(fused.spec)
+    clone.load_state_dict(fused.state_dict())
+    return clone.eval()
+
+
+def _precision(module: nn.Module) -> str:
+    return "int8" if "quantized" in type(module).__module__ else "fp32"
+
+
+def _conv_macs(fused: FusedCTC, frames: int = 1000) -> dict[str, int]:
+    """Multiply-accumulates per conv for `frames` input frames (keys match the quantized names)."""
+    macs, length = {}, frames
+    names = {id(m): n for n, m in fused.named_modules()}
+    for block in fused.blocks:
+        block_in = length
+        for unit in block.body:
+            c = unit.conv
+            length = (length + 2 * c.padding[0] - c.dilation[0] * (c.kernel_size[0] - 1) - 1) // c.stride[0] + 1
+            macs[names[id(c)]] = _macs(c, length)
+        for unit in block.residuals:
+            macs[names[id(unit.conv)]] = _macs(unit.conv, block_in)
+    macs["decoder"] = _macs(fused.decoder, length)
+    return macs
+
+
+def _macs(conv: nn.Conv1d, out_frames: int) -> int:
+    return conv.out_channels * (conv.in_channels // conv.groups) * conv.kernel_size[0] * out_frames
+
+
+def _observed_ranges(model: nn.Module) -> dict[str, dict[str, float]]:
+    """Activation ranges each observer saw, human-readable (the .pt file is what quantize uses)."""
+    ranges = {}
+    for name, module in model.named_modules():
+        if isinstance(module, tq.ObserverBase) and hasattr(module, "min_val") and module.min_val.numel() == 1:
+            scale, zero_point = module.calculate_qparams()
+            ranges[name] = {
+                "min": float(module.min_val), "max": float(module.max_val),
+                "scale": float(scale), "zero_point": int(zero_point),
+            }
+    return ranges

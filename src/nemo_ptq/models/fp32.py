@@ -1,0 +1,52 @@
+"""The FP32 model that calibrate and quantize start from.
+
+For QuartzNet/Jasper it is the fused rewrite (`FusedCTC`, BatchNorm folded, quantizable in eager
+mode). Any other NeMo CTC model (Citrinet, Conformer-CTC, ...) is used as NeMo builds it, wrapped
+as `NemoCTC` with masking switched off the way NeMo's own export does; only export-based backends
+can quantize it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from nemo_ptq.models.fused import FusedCTC
+
+KIND_FILE = "fp32_kind.json"
+
+
+class NemoCTC(nn.Module):
+    """features [B, feature_dim, frames] -> log-probs [B, frames', vocabulary + 1], batch of one
+    utterance with all frames valid."""
+
+    def __init__(self, model: Any):
+        super().__init__()
+        for module in (model.encoder, model.decoder):
+            if hasattr(module, "_prepare_for_export"):
+                module._prepare_for_export(noreplace=True)
+        self.encoder = model.encoder
+        self.decoder = model.decoder
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        length = torch.full((features.shape[0],), features.shape[-1], dtype=torch.int64)
+        encoded, _ = self.encoder(audio_signal=features, length=length)
+        return self.decoder(encoder_output=encoded)
+
+
+def write_kind(out_dir: Path, kind: str, reason: str = "") -> None:
+    (Path(out_dir) / KIND_FILE).write_text(json.dumps({"kind": kind, "reason": reason}, indent=2) + "\n")
+
+
+def load_fp32(fused_dir: Path, model_dir: Path) -> nn.Module:
+    """The fuse stage's FP32 model: FusedCTC, or NemoCTC around the fetched .nemo."""
+    kind = json.loads((Path(fused_dir) / KIND_FILE).read_text())["kind"]
+    if kind == "fused":
+        return FusedCTC.load(fused_dir)
+    from nemo_ptq.models.loading import load_nemo
+
+    return NemoCTC(load_nemo(Path(model_dir) / "model.nemo")).eval()

@@ -1,0 +1,160 @@
+"""Getting the FP32 NeMo CTC model: from NGC, Hugging Face, a local .nemo, the embedded model,
+or a built-in architecture with random weights; and describing it in a small model card."""
+
+from __future__ import annotations
+
+import os
+import tarfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from nemo_ptq.errors import ModelSourceError, UnsupportedModelError
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+EMBEDDED_MODEL = REPO_ROOT / "data" / "embedded" / "model.nemo"
+SOURCE_KINDS = ("embedded", "file:<path.nemo>", "ngc:<name>", "hf:<repo>", "arch:<name>")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    kind: str  # embedded | file | ngc | hf | arch
+    value: str = ""
+
+    @classmethod
+    def parse(cls, text: str) -> "ModelSource":
+        text = text.strip()
+        if text == "embedded":
+            return cls("embedded")
+        kind, sep, value = text.partition(":")
+        if not sep or kind not in {"file", "ngc", "hf", "arch"} or not value.strip():
+            raise ModelSourceError(
+                f"unknown model source {text!r}; use one of: {', '.join(SOURCE_KINDS)}"
+            )
+        return cls(kind, value.strip())
+
+    def __str__(self) -> str:
+        return self.kind if self.kind == "embedded" else f"{self.kind}:{self.value}"
+
+
+def load_nemo(path: Path) -> Any:
+    """Restore a local .nemo checkpoint on the CPU, with a clear error if it is missing or broken."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelSourceError(f"model file {path} not found: check model.source in params.yaml")
+    if not tarfile.is_tarfile(path):
+        raise ModelSourceError(f"{path} is not a valid .nemo archive (corrupt or not a NeMo checkpoint)")
+    from nemo.collections.asr.models import ASRModel
+
+    try:
+        model = ASRModel.restore_from(str(path), map_location="cpu")
+    except Exception as err:  # NeMo raises many types for a bad archive
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelSourceError(f"could not restore {path}: {first_line}") from None
+    return model.eval()
+
+
+def _from_pretrained(kind: str, name: str) -> Any:
+    """NeMo's own download path; needs the network."""
+    from nemo.collections.asr.models import ASRModel
+
+    model_name = name if kind == "ngc" else (name if "/" in name else f"nvidia/{name}")
+    try:
+        model = ASRModel.from_pretrained(model_name=model_name, map_location="cpu")
+    except Exception as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelSourceError(
+            f"could not fetch {kind}:{name} ({reason}); without network access, download the .nemo "
+            f"elsewhere and set model.source to file:<path.nemo>"
+        ) from None
+    return model.eval()
+
+
+def fetch(source: ModelSource) -> Any:
+    """The FP32 NeMo model for a source (a restored `ASRModel` in eval mode on the CPU)."""
+    if source.kind == "embedded":
+        if not EMBEDDED_MODEL.is_file():
+            raise ModelSourceError(
+                f"the embedded model {EMBEDDED_MODEL} is missing from this checkout; "
+                "train it with recipes/embedded (see README) or use another model.source"
+            )
+        return load_nemo(EMBEDDED_MODEL)
+    if source.kind == "file":
+        return load_nemo(Path(os.path.expanduser(source.value)))
+    if source.kind == "arch":
+        from nemo_ptq.models.architectures import ARCHITECTURES, build_quartznet
+
+        if source.value not in ARCHITECTURES:
+            raise ModelSourceError(
+                f"unknown architecture {source.value!r}; choose one of: {', '.join(ARCHITECTURES)}"
+            )
+        return build_quartznet(source.value)
+    return _from_pretrained(source.kind, source.value)
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    source: str
+    model_class: str
+    encoder: str
+    decoder: str
+    parameters: int
+    vocabulary: list[str]
+    blank_id: int
+    tokenizer: str  # char | bpe
+    sample_rate: int
+    feature_dim: int
+    subsampling_factor: int
+    trained: bool
+    notes: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        payload = asdict(self)
+        payload["class"] = payload.pop("model_class")
+        return payload
+
+
+def describe(model: Any, source: ModelSource) -> ModelCard:
+    """What later stages need to know about the model, read from the model itself."""
+    if not hasattr(model, "decoder") or not hasattr(model.decoder, "vocabulary"):
+        raise UnsupportedModelError(
+            f"{type(model).__name__} is not a CTC model with a vocabulary; this pipeline quantizes "
+            "NeMo CTC models (EncDecCTCModel, EncDecCTCModelBPE, or the CTC head of a hybrid model)"
+        )
+    tokenizer = getattr(model, "tokenizer", None)
+    if tokenizer is not None:
+        vocabulary = [tokenizer.ids_to_tokens([i])[0] for i in range(tokenizer.vocab_size)]
+        kind = "bpe"
+    else:
+        vocabulary = [str(token) for token in model.decoder.vocabulary]
+        kind = "char"
+    cfg = model.cfg
+    trained = source.kind != "arch"
+    return ModelCard(
+        source=str(source),
+        model_class=type(model).__name__,
+        encoder=type(model.encoder).__name__,
+        decoder=type(model.decoder).__name__,
+        parameters=sum(p.numel() for p in model.parameters()),
+        vocabulary=vocabulary,
+        blank_id=len(vocabulary),
+        tokenizer=kind,
+        sample_rate=int(cfg.preprocessor.get("sample_rate", cfg.get("sample_rate", 16000))),
+        feature_dim=int(cfg.preprocessor.get("features", cfg.preprocessor.get("nfilt", 64))),
+        subsampling_factor=_subsampling_factor(model),
+        trained=trained,
+        notes="" if trained else "random weights from a built-in config: use for speed and size, not WER",
+    )
+
+
+def _subsampling_factor(model: Any) -> int:
+    import torch
+
+    encoder = model.encoder
+    if hasattr(encoder, "subsampling_factor"):
+        return int(encoder.subsampling_factor)
+    frames = 320
+    with torch.inference_mode():
+        feat_in = model.cfg.encoder.feat_in
+        _, out_len = encoder(audio_signal=torch.zeros(1, feat_in, frames), length=torch.tensor([frames]))
+    return max(1, round(frames / int(out_len[0])))

@@ -1,0 +1,35 @@
+"""fetch-pretrained: get the FP32 NeMo CTC model named by params.yaml `model.source`.
+
+Writes <out>/model.nemo and <out>/card.json (class, encoder, parameters, vocabulary, sample rate).
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+from nemo_ptq.cli import run_stage, stage_outputs
+from nemo_ptq.params import ModelParams, load_config
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+
+    config = load_config(ModelParams, "model", args.params)
+    from nemo_ptq.models.loading import ModelSource, describe, fetch
+
+    source = ModelSource.parse(config.source)
+    with stage_outputs(args.out):
+        model = fetch(source)
+        card = describe(model, source)
+        args.out.mkdir(parents=True)
+        model.save_to(str(args.out / "model.nemo"))
+        (args.out / "card.json").write_text(json.dumps(card.to_json(), indent=2) + "\n")
+    print(f"{source}: {card.model_class} ({card.encoder}), {card.parameters / 1e6:.2f} M parameters, "
+          f"{len(card.vocabulary)} tokens, {card.sample_rate} Hz")
+
+
+if __name__ == "__main__":
+    run_stage(main)
