@@ -1,0 +1,111 @@
+"""The prepare step: every configured set -> checked mono audio, references and model features,
+in the layout of `nemo_ptq.data.prepared`.
+
+Cheap checks (manifests, files, sentences, overlap of sources) run before the model is loaded,
+so a bad input fails in seconds rather than after feature extraction.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from nemo_ptq.data.audio import load_audio, pcm16_to_float, sha256_file, to_pcm16, write_wav
+from nemo_ptq.data.config import DataParams, SetSpec
+from nemo_ptq.data.disjoint import SetFingerprint, check_disjoint
+from nemo_ptq.data.features import FeatureExtractor
+from nemo_ptq.data.prepared import MANIFEST, SUMMARY
+from nemo_ptq.data.sources import collect
+from nemo_ptq.data.text import normalize_text
+from nemo_ptq.data.utterance import SourceUtterance
+from nemo_ptq.errors import DataError
+
+
+def prepare_data(params: DataParams, model_path: Path, out_dir: Path) -> dict:
+    """Write all sets and summary.json under out_dir; returns the summary."""
+    from nemo_ptq.models.loading import load_nemo  # imports NeMo: only after the cheap checks
+
+    out_dir = Path(out_dir)
+    roles = [(spec, "eval") for spec in params.eval_sets] + [(params.calibration_set, "calibration")]
+    with tempfile.TemporaryDirectory(prefix="nemo_ptq_prepare_") as scratch:
+        listed = []
+        for spec, role in roles:
+            scratch_dir = Path(scratch) / spec.name
+            scratch_dir.mkdir()
+            listed.append((spec, role, collect(spec, scratch_dir)))
+        fingerprints = {spec.name: _source_fingerprint(spec, utterances) for spec, _, utterances in listed}
+        _check_roles_disjoint(params, fingerprints)
+
+        extractor = FeatureExtractor(load_nemo(model_path))
+        sets = [
+            _write_set(spec, role, utterances, extractor, params.max_duration_s, out_dir / spec.name,
+                       fingerprints[spec.name])
+            for spec, role, utterances in listed
+        ]
+        _check_roles_disjoint(params, fingerprints)  # now with the prepared audio's hashes
+
+    summary = {"sample_rate": extractor.sample_rate, "feature_dim": extractor.feature_dim, "sets": sets}
+    (out_dir / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _source_fingerprint(spec: SetSpec, utterances: list[SourceUtterance]) -> SetFingerprint:
+    fingerprint = SetFingerprint(name=spec.name, kind=spec.kind)
+    for utt in utterances:
+        text_norm = normalize_text(utt.text)
+        if not text_norm:
+            raise DataError(f"{utt.origin}: the reference text {utt.text!r} is empty after normalization; "
+                            "give the utterance's transcript or remove it")
+        if not utt.audio_path.is_file():
+            raise DataError(f"{utt.origin}: audio file {utt.audio_path} not found")
+        fingerprint.add(utt.id, source_sha256=sha256_file(utt.audio_path), text_norm=text_norm)
+    return fingerprint
+
+
+def _check_roles_disjoint(params: DataParams, fingerprints: dict[str, SetFingerprint]) -> None:
+    check_disjoint(fingerprints[params.calibration_set.name], [fingerprints[s.name] for s in params.eval_sets])
+
+
+def _write_set(spec: SetSpec, role: str, utterances: list[SourceUtterance], extractor: FeatureExtractor,
+               max_duration_s: float, folder: Path, fingerprint: SetFingerprint) -> dict:
+    (folder / "audio").mkdir(parents=True)
+    (folder / "features").mkdir()
+    rate = extractor.sample_rate
+    rows = []
+    for utt in tqdm(utterances, desc=f"prepare {spec.name}", unit="utt"):
+        try:
+            pcm = to_pcm16(load_audio(utt.audio_path, sample_rate=rate, max_duration_s=max_duration_s,
+                                      downmix=spec.downmix))
+            # Features come from the 16-bit samples that are stored, so audio and features agree.
+            features = extractor(pcm16_to_float(pcm))
+        except DataError as err:
+            raise DataError(f"{utt.origin}: {err}") from None
+        wav = folder / "audio" / f"{utt.id}.wav"
+        write_wav(wav, pcm, rate)
+        np.save(folder / "features" / f"{utt.id}.npy", features)
+        fingerprint.add(utt.id, prepared_sha256=sha256_file(wav))
+        rows.append({
+            "id": utt.id,
+            "audio_filepath": f"audio/{utt.id}.wav",
+            "duration": round(len(pcm) / rate, 6),
+            "text": utt.text,
+            "text_norm": normalize_text(utt.text),
+            "source": utt.source,
+        })
+    with (folder / MANIFEST).open("w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    seconds = sum(row["duration"] for row in rows)
+    return {
+        "name": spec.name,
+        "kind": spec.kind,
+        "role": role,
+        "utterances": len(rows),
+        "seconds": round(seconds, 3),
+        "hours": round(seconds / 3600, 4),
+        "source": spec.source,
+    }

@@ -1,0 +1,119 @@
+"""The prepare step on a tiny model: layout, features, and clean failures of the stage script."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+import yaml
+
+from nemo_ptq.data.config import parse_data_params
+from nemo_ptq.data.prepared import PreparedData
+from nemo_ptq.data.preparation import prepare_data
+from nemo_ptq.errors import DataError
+
+STAGE = Path(__file__).resolve().parents[1] / "stages" / "prepare.py"
+
+
+def write_clip(path: Path, seconds: float, rate: int) -> None:
+    """A noisy, amplitude-modulated tone: enough spectral variety for real-looking features."""
+    rng = np.random.default_rng(len(path.name))
+    t = np.arange(int(seconds * rate)) / rate
+    signal = (0.3 + 0.2 * np.sin(2 * np.pi * 3 * t)) * np.sin(2 * np.pi * 180 * t)
+    sf.write(str(path), (signal + 0.01 * rng.standard_normal(t.size)).astype(np.float32), rate)
+
+
+@pytest.fixture
+def workspace(tmp_path):
+    """A folder with a 2-clip manifest (16 kHz and 48 kHz) and a 2-sentence text file."""
+    (tmp_path / "clips").mkdir()
+    write_clip(tmp_path / "clips" / "a.wav", 1.23, 16000)  # 123 valid frames: not a multiple of 16
+    write_clip(tmp_path / "clips" / "b.wav", 0.87, 48000)  # resampled down to 16 kHz
+    rows = [{"audio_filepath": "a.wav", "duration": 1.23, "text": "Ten of Clubs."},
+            {"audio_filepath": "b.wav", "duration": 0.87, "text": "four queen"}]
+    (tmp_path / "clips" / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "cal.txt").write_text("The kettle is boiling.\nShut the gate, please.\n")
+    return tmp_path
+
+
+def data_section(calibration_set=None):
+    return {
+        "eval_sets": [{"name": "clips", "kind": "real", "manifest": "clips/m.jsonl"}],
+        "calibration_set": calibration_set or {
+            "name": "cal", "kind": "synthetic",
+            "tts": {"engine": "espeak-ng", "voices": ["en-us", "en-gb+f2"], "sentences": "cal.txt"},
+        },
+        "max_duration_s": 5.0,
+    }
+
+
+def run_stage(workspace: Path, model: Path, section: dict) -> subprocess.CompletedProcess:
+    (workspace / "params.yaml").write_text(yaml.safe_dump({"data": section}))
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    return subprocess.run(
+        [sys.executable, str(STAGE), "--model", str(model), "--params", "params.yaml", "--out", "prepared"],
+        cwd=workspace, capture_output=True, text=True, env=env, timeout=120,
+    )
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed")
+def test_prepare_writes_documented_layout_with_valid_frames_only(workspace, tiny_nemo, tiny_model, monkeypatch):
+    monkeypatch.chdir(workspace)  # paths in params are relative to the working directory
+    prepare_data(parse_data_params(data_section()), tiny_nemo, workspace / "prepared")
+
+    prepared = PreparedData.load(workspace / "prepared")
+    assert (prepared.sample_rate, prepared.feature_dim) == (16000, 64)
+    summary = json.loads((workspace / "prepared" / "summary.json").read_text())
+    assert [(s["name"], s["kind"], s["role"], s["utterances"]) for s in summary["sets"]] == [
+        ("clips", "real", "eval", 2), ("cal", "synthetic", "calibration", 2)]
+    assert summary["sets"][0]["seconds"] == pytest.approx(2.1, abs=1e-3)
+
+    clips = prepared.eval_sets[0].utterances()
+    assert [u.text_norm for u in clips] == ["ten of clubs", "four queen"]
+    assert {u.text_norm for u in prepared.calibration_set.utterances()} == {
+        "the kettle is boiling", "shut the gate please"}
+
+    padded = 0
+    for utt in clips + prepared.calibration_set.utterances():
+        info = sf.info(str(utt.audio_path))
+        assert (info.samplerate, info.channels, info.subtype) == (16000, 1, "PCM_16")
+        audio, _ = sf.read(str(utt.audio_path), dtype="float32")
+        assert utt.duration == pytest.approx(len(audio) / 16000)
+        with torch.inference_mode():
+            feats, lengths = tiny_model.preprocessor(
+                input_signal=torch.from_numpy(audio)[None], length=torch.tensor([len(audio)]))
+        valid = int(lengths[0])
+        padded += feats.shape[-1] > valid
+        stored = utt.features()
+        assert stored.dtype == np.float32 and stored.shape == (64, valid)
+        np.testing.assert_allclose(stored, feats[0, :, :valid].numpy(), atol=1e-5)
+    assert padded, "no clip exercised the trimming of NeMo's pad frames"
+
+
+def test_stage_bad_manifest_gives_one_error_line_and_no_output(workspace, tiny_nemo):
+    (workspace / "clips" / "m.jsonl").write_text('{"audio_filepath": "a.wav", "duration": 1.23,\n')
+    (workspace / "prepared").mkdir()  # a stale output must not survive a failed run
+    (workspace / "prepared" / "stale.txt").write_text("old")
+
+    result = run_stage(workspace, tiny_nemo, data_section())
+
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "clips/m.jsonl line 1 is not valid JSON" in errors[0], result.stderr
+    assert not (workspace / "prepared").exists()
+
+
+def test_calibration_sharing_audio_with_eval_is_refused(workspace, tiny_nemo, monkeypatch):
+    (workspace / "clips" / "copy.jsonl").write_text(json.dumps(
+        {"audio_filepath": "b.wav", "duration": 0.87, "text": "something else"}) + "\n")
+    monkeypatch.chdir(workspace)
+    params = parse_data_params(data_section(
+        calibration_set={"name": "cal", "kind": "real", "manifest": "clips/copy.jsonl"}))
+    with pytest.raises(DataError, match="'cal' and eval set 'clips' share 1 audio file"):
+        prepare_data(params, tiny_nemo, workspace / "prepared")
