@@ -1,0 +1,56 @@
+"""Shared fixtures: small NeMo models built from config, saved once per test session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from nemo_ptq.cli import quiet_environment
+
+quiet_environment()
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+def randomize_batchnorm(model: torch.nn.Module, seed: int = 1) -> torch.nn.Module:
+    """Give BatchNorm layers non-trivial statistics so BN folding is actually exercised."""
+    generator = torch.Generator().manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm1d):
+            n = module.num_features
+            module.running_mean.copy_(torch.randn(n, generator=generator) * 0.1)
+            module.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
+            module.weight.data.copy_(torch.rand(n, generator=generator) + 0.5)
+            module.bias.data.copy_(torch.randn(n, generator=generator) * 0.1)
+    return model
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    from nemo_ptq.models.architectures import build_quartznet
+
+    return randomize_batchnorm(build_quartznet("quartznet_tiny"))
+
+
+@pytest.fixture(scope="session")
+def tiny_nemo(tmp_path_factory, tiny_model) -> Path:
+    path = tmp_path_factory.mktemp("models") / "tiny.nemo"
+    tiny_model.save_to(str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_fused(tiny_model):
+    from nemo_ptq.models.fused import rewrite
+
+    return rewrite(tiny_model)
+
+
+def stage_env() -> dict[str, str]:
+    """Environment for running stage scripts as subprocesses (telemetry off, no MLflow writes)."""
+    env = dict(os.environ)
+    env.update({"DVC_NO_ANALYTICS": "1", "MLFLOW_DISABLE_TELEMETRY": "true", "NEMO_PTQ_MLFLOW": "off"})
+    return env

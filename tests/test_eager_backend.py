@@ -1,0 +1,70 @@
+"""PyTorch eager static quantization: every conv runs in INT8, configs validate."""
+
+import json
+
+import numpy as np
+import pytest
+
+from nemo_ptq.backends import get_backend
+from nemo_ptq.backends.eager import ENGINES
+from nemo_ptq.errors import ConfigError
+
+
+def _entry(engine, **calibration):
+    cal = {"num_utterances": 2, "seed": 0, "observer": "minmax", "per_channel": True, "reduce_range": False}
+    cal.update(calibration)
+    return {"backend": "eager", "engine": engine, "calibration": cal}
+
+
+def _features(n=3, frames=120):
+    rng = np.random.default_rng(0)
+    return [rng.standard_normal((64, frames)).astype(np.float32) for _ in range(n)]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_every_conv_is_int8_after_convert(tmp_path, tiny_fused, engine, per_channel):
+    backend = get_backend("v", _entry(engine, per_channel=per_channel))
+    backend.calibrate(tiny_fused, _features(), tmp_path / "cal")
+    backend.quantize(tiny_fused, tmp_path / "cal", tmp_path / "q")
+    info = backend.describe(tmp_path / "q")
+    assert info.int8_conv_fraction == 1.0
+    assert info.int8_mac_fraction == 1.0
+    assert set(info.layer_precisions.values()) == {"int8"}
+    assert len(info.layer_precisions) == sum(1 for n, _ in tiny_fused.named_modules() if n.endswith("conv")) + 1
+    ranges = json.loads((tmp_path / "cal" / "ranges.json").read_text())
+    assert ranges and all(r["max"] >= r["min"] for r in ranges.values())
+
+    run = backend.load(tmp_path / "q", threads=1)
+    log_probs = run(_features(1, 200)[0][None])
+    assert log_probs.shape == (1, 100, 29)
+    assert np.allclose(np.exp(log_probs).sum(-1), 1.0, atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    "entry, message",
+    [
+        (_entry("fbgem"), "unknown engine 'fbgem'; choose one of: onednn, x86, fbgemm, qnnpack"),
+        (_entry("onednn", observer="kl"), "unknown observer 'kl'; choose one of: minmax"),
+        (_entry("qnnpack", reduce_range=True), "qnnpack uses full-range activations"),
+        ({**_entry("onednn"), "bits": 4}, "unknown key\\(s\\) bits; valid keys: engine, calibration"),
+        ({"backend": "tensorrt"}, "unknown backend 'tensorrt'; choose one of: eager"),
+        ({"engine": "onednn"}, "needs a 'backend' key"),
+    ],
+)
+def test_invalid_configs_name_the_valid_choices(entry, message):
+    with pytest.raises(ConfigError, match=message):
+        get_backend("v", entry)
+
+
+def test_int8_artifact_is_at_most_027_of_the_nemo_checkpoint(tmp_path):
+    from nemo_ptq.models.architectures import build_quartznet
+    from nemo_ptq.models.fused import rewrite
+
+    model = build_quartznet("quartznet_15x5")
+    model.save_to(str(tmp_path / "fp32.nemo"))
+    fused = rewrite(model)
+    backend = get_backend("v", _entry("onednn"))
+    backend.calibrate(fused, _features(1, 100), tmp_path / "cal")
+    backend.quantize(fused, tmp_path / "cal", tmp_path / "q")
+    assert backend.describe(tmp_path / "q").size_bytes <= 0.27 * (tmp_path / "fp32.nemo").stat().st_size
