@@ -1,0 +1,220 @@
+"""One evaluation run: transcribe every eval set, score it, time it, and assemble the metrics.
+
+`variant == "fp32"` evaluates NeMo's own FP32 eager model; any other name loads that variant's
+quantized artifact through its backend. Either way NeMo's FP32 model is loaded too: it provides
+the preprocessor for the latency input and the same-process latency reference for the speedup.
+
+Metrics (metrics/<variant>.json), headline numbers at the top level:
+    wer, cer            pooled over every eval set (edits / reference words or characters)
+    wer_vs_fp32         WER against the FP32 model's own hypotheses (variants only)
+    latency_ms_median, latency_ms_p90, rtf
+                        batch 1, features [1, F, T] of `latency_audio_s` seconds of a fixed
+                        speech-like signal -> log-probs; feature extraction is not timed
+    speedup_vs_fp32     NeMo FP32 eager median / this median, both timed in this process
+    size_mb, size_ratio_vs_fp32
+                        deployable bytes (backend's describe(); FP32: the .nemo) / the .nemo
+    int8_conv_fraction, int8_mac_fraction
+then `sets` and `kinds` (real / synthetic) with the accuracy numbers per group, and details.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from nemo_ptq.backends.base import ArtifactInfo, Runner
+from nemo_ptq.data.prepared import PreparedData, PreparedSet
+from nemo_ptq.data.text import normalize_text
+from nemo_ptq.errors import ConfigError, DataError
+from nemo_ptq.evaluation.decoding import CtcVocabulary, read_card
+from nemo_ptq.evaluation.fp32 import MODEL_FILE, NemoEagerRunner, latency_features, load_fp32, state_dict_bytes
+from nemo_ptq.evaluation.latency import latency_stats, time_interleaved
+from nemo_ptq.evaluation.scoring import score_sets
+from nemo_ptq.evaluation.sysinfo import system_info
+from nemo_ptq.evaluation.transcripts import Transcript, read_hypotheses
+from nemo_ptq.params import EvaluateParams
+
+FP32 = "fp32"  # the reserved variant name of the baseline
+FP32_BACKEND = "nemo-eager"
+MB = 1e6
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    metrics: dict
+    transcripts: dict[str, list[Transcript]]
+
+
+def variant_entry(variants: Mapping[str, Any] | None, variant: str) -> dict | None:
+    """The params entry of a variant (None for the FP32 baseline), with errors that list the choices."""
+    variants = dict(variants or {})
+    if FP32 in variants:
+        raise ConfigError(f"variants.{FP32}: '{FP32}' is reserved for NeMo's FP32 baseline; rename that variant")
+    if variant == FP32:
+        return None
+    if variant not in variants:
+        raise ConfigError(f"unknown variant {variant!r}; choose one of: {', '.join([FP32, *variants])}")
+    if not isinstance(variants[variant], Mapping):
+        raise ConfigError(f"variants.{variant} must be a mapping with at least a 'backend' key")
+    return dict(variants[variant])
+
+
+def load_variant(variant: str, entry: Mapping[str, Any], card: Mapping[str, Any], artifact_dir: Path,
+                 threads: int) -> tuple[Runner, ArtifactInfo]:
+    from nemo_ptq.backends import get_backend  # importing the package registers every backend
+
+    if not Path(artifact_dir).is_dir():
+        raise DataError(f"{artifact_dir} is missing: run dvc repro quantize@{variant} first")
+    backend = get_backend(variant, entry, card)
+    return backend.load(Path(artifact_dir), threads), backend.describe(Path(artifact_dir))
+
+
+def transcribe(runner: Runner, vocabulary: CtcVocabulary, sets: Sequence[PreparedSet], feature_dim: int,
+               progress: bool = True) -> dict[str, list[Transcript]]:
+    work = [(prepared_set, utt) for prepared_set in sets for utt in prepared_set.utterances()]
+    transcripts: dict[str, list[Transcript]] = {prepared_set.name: [] for prepared_set in sets}
+    for prepared_set, utt in tqdm(work, desc="transcribing", unit="utt", disable=not progress, file=sys.stderr):
+        if not utt.features_path.is_file():
+            raise DataError(f"{utt.features_path} is missing: rerun the prepare stage (dvc repro prepare)")
+        features = utt.features()
+        if features.ndim != 2 or features.shape[0] != feature_dim:
+            raise DataError(
+                f"{utt.features_path} has shape {features.shape}, expected [{feature_dim}, frames]: "
+                "the prepared data was made for another model, rerun dvc repro prepare"
+            )
+        hypothesis = normalize_text(vocabulary.decode(runner(features[None].astype("float32"))))
+        transcripts[prepared_set.name].append(Transcript(utt.id, utt.text_norm, hypothesis, utt.duration))
+    return transcripts
+
+
+def evaluate(
+    *,
+    variant: str,
+    entry: Mapping[str, Any] | None,
+    model_dir: Path,
+    prepared_dir: Path,
+    params: EvaluateParams,
+    artifact_dir: Path | None = None,
+    fp32_transcripts: Path | None = None,
+    progress: bool = True,
+) -> Evaluation:
+    """`entry` is the variant's params entry, or None for the FP32 baseline."""
+    if entry is not None and (artifact_dir is None or fp32_transcripts is None):
+        raise ConfigError(
+            f"variant '{variant}' needs --artifact (its quantize output) and --fp32-transcripts (evaluate-fp32 output)"
+        )
+    if fp32_transcripts is not None and not Path(fp32_transcripts).is_dir():
+        raise DataError(f"{fp32_transcripts} is missing: run the FP32 baseline first (dvc repro evaluate-fp32)")
+    card = read_card(model_dir)
+    vocabulary = CtcVocabulary.from_card(card)
+    prepared = PreparedData.load(prepared_dir)
+    if not prepared.eval_sets:
+        raise DataError(f"{prepared.root} has no eval sets: add some under data.eval_sets in params.yaml")
+    if prepared.feature_dim != int(card["feature_dim"]):
+        raise DataError(
+            f"{prepared.root} has {prepared.feature_dim}-dim features but the model expects {card['feature_dim']}: "
+            "rerun dvc repro prepare"
+        )
+    model = load_fp32(model_dir)
+    fp32_runner = NemoEagerRunner(model)
+    if entry is None:
+        runner, info = fp32_runner, None
+    else:
+        runner, info = load_variant(variant, entry, card, artifact_dir, params.threads)
+
+    transcripts = transcribe(runner, vocabulary, prepared.eval_sets, prepared.feature_dim, progress)
+    fp32_hypotheses = None if fp32_transcripts is None else read_hypotheses(fp32_transcripts, transcripts)
+    kinds = {prepared_set.name: prepared_set.kind for prepared_set in prepared.eval_sets}
+    scores = score_sets(transcripts, kinds, fp32_hypotheses)
+
+    features = latency_features(model, params.latency_audio_s, int(card["sample_rate"]))
+    calls = {FP32: lambda: fp32_runner(features)}
+    if runner is not fp32_runner:
+        calls[variant] = lambda: runner(features)
+    timings = time_interleaved(calls, params.warmup_runs, params.timed_runs)
+
+    nemo_bytes = (Path(model_dir) / MODEL_FILE).stat().st_size
+    metrics = build_metrics(
+        variant=variant,
+        backend=FP32_BACKEND if entry is None else str(entry["backend"]),
+        scores=scores,
+        timings=timings,
+        params=params,
+        size_bytes=nemo_bytes if info is None else info.size_bytes,
+        fp32_sizes={"fp32_nemo_bytes": nemo_bytes, "fp32_state_dict_bytes": state_dict_bytes(model)},
+        info=info,
+        card=card,
+    )
+    return Evaluation(metrics, transcripts)
+
+
+def build_metrics(*, variant: str, backend: str, scores: dict, timings: dict[str, list[float]],
+                  params: EvaluateParams, size_bytes: int, fp32_sizes: dict, info: ArtifactInfo | None,
+                  card: Mapping[str, Any]) -> dict:
+    """Headline numbers at the top level (what `dvc metrics show/diff` compares), details below.
+
+    `dvc metrics show` turns every nested number and string into a column but skips lists, so
+    bulky details (per-layer precisions, raw timings, ISA flags, versions) are lists: in the file,
+    out of the table.
+    """
+    latency = latency_stats(timings[variant], params.latency_audio_s)
+    fp32_latency = latency_stats(timings[FP32], params.latency_audio_s)
+    overall = scores["overall"]
+    headline = {
+        "variant": variant,
+        "backend": backend,
+        "wer": overall["wer"],
+        "cer": overall["cer"],
+        **({"wer_vs_fp32": overall["wer_vs_fp32"]} if "wer_vs_fp32" in overall else {}),
+        "utterances": overall["utterances"],
+        "hours": overall["hours"],
+        "latency_ms_median": latency.median_ms,
+        "latency_ms_p90": latency.p90_ms,
+        "rtf": latency.rtf,
+        "speedup_vs_fp32": fp32_latency.median_ms / latency.median_ms,
+        "fp32_latency_ms_median": fp32_latency.median_ms,
+        "size_mb": size_bytes / MB,
+        "size_ratio_vs_fp32": size_bytes / fp32_sizes["fp32_nemo_bytes"],
+        "int8_conv_fraction": 0.0 if info is None else info.int8_conv_fraction,
+        "int8_mac_fraction": 0.0 if info is None else info.int8_mac_fraction,
+    }
+    return {
+        **_rounded(headline),
+        "sets": _rounded(scores["sets"]),
+        "kinds": _rounded(scores["kinds"]),
+        "latency": {
+            "audio_s": params.latency_audio_s,
+            "threads": params.threads,
+            "warmup_runs": params.warmup_runs,
+            "runs_ms": [round(1000 * t, 3) for t in timings[variant]],
+            "fp32_runs_ms": [round(1000 * t, 3) for t in timings[FP32]],
+        },
+        "size": {"bytes": size_bytes, **fp32_sizes},
+        "layers": [] if info is None else [
+            {"name": name, "precision": precision} for name, precision in info.layer_precisions.items()
+        ],
+        "artifact_notes": "" if info is None else info.notes,
+        "model": {"source": card.get("source"), "trained": card.get("trained")},
+        "system": system_info(),
+    }
+
+
+def _rounded(value: Any) -> Any:
+    """Six significant digits: enough for any metric here, and diffs stay readable."""
+    if isinstance(value, float):
+        return float(f"{value:.6g}")
+    if isinstance(value, dict):
+        return {key: _rounded(item) for key, item in value.items()}
+    return value
+
+
+def write_metrics(path: Path, metrics: dict) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(metrics, indent=2) + "\n")

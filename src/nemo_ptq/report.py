@@ -1,0 +1,118 @@
+"""All variants side by side: a summary table, the latency/WER Pareto front and its plot.
+
+Reads only the metrics files that evaluate wrote (each has a "variant" key); the y axis is the
+pooled WER over every eval set (metrics key `wer`), the x axis the median batch-1 latency.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from nemo_ptq.errors import DataError
+
+FP32 = "fp32"
+COLUMNS = (
+    "variant", "backend", "wer", "cer", "wer_vs_fp32", "latency_ms_median", "latency_ms_p90",
+    "speedup_vs_fp32", "size_mb", "size_ratio_vs_fp32", "int8_conv_fraction", "int8_mac_fraction",
+)
+
+
+def load_metrics(folder: Path, skip: tuple[Path, ...] = ()) -> list[dict]:
+    """Every evaluate metrics file in `folder`, FP32 first, then by name."""
+    skipped = {Path(p).resolve() for p in skip}
+    found = []
+    for path in sorted(Path(folder).glob("*.json")):
+        if path.resolve() in skipped:
+            continue
+        data = json.loads(path.read_text())
+        if isinstance(data, dict) and "variant" in data:
+            found.append(data)
+    if not found:
+        raise DataError(f"no evaluate metrics (*.json with a 'variant' key) in {folder}: run dvc repro evaluate first")
+    return sorted(found, key=lambda m: (m["variant"] != FP32, m["variant"]))
+
+
+def summary_rows(metrics: list[dict]) -> list[dict]:
+    return [{column: m.get(column) for column in COLUMNS} for m in metrics]
+
+
+def pareto_front(rows: list[dict]) -> list[str]:
+    """Variants that no other variant beats on both latency and WER (ties do not dominate)."""
+    scored = [r for r in rows if r["wer"] is not None and r["latency_ms_median"] is not None]
+
+    def dominates(a: dict, b: dict) -> bool:
+        no_worse = a["wer"] <= b["wer"] and a["latency_ms_median"] <= b["latency_ms_median"]
+        return no_worse and (a["wer"] < b["wer"] or a["latency_ms_median"] < b["latency_ms_median"])
+
+    front = [r for r in scored if not any(dominates(other, r) for other in scored)]
+    return [r["variant"] for r in sorted(front, key=lambda r: r["latency_ms_median"])]
+
+
+def plot_points(rows: list[dict], front: list[str]) -> list[dict]:
+    """The plotted points as records, for `dvc plots` (scatter: x=latency_ms_median, y=wer or wer_pct)."""
+    return [
+        {
+            "variant": r["variant"],
+            "latency_ms_median": r["latency_ms_median"],
+            "wer": r["wer"],
+            "wer_pct": None if r["wer"] is None else round(100 * r["wer"], 4),
+            "size_mb": r["size_mb"],
+            "pareto": r["variant"] in front,
+        }
+        for r in rows
+    ]
+
+
+def markdown_table(rows: list[dict]) -> str:
+    def cell(value: object) -> str:
+        if value is None:
+            return "–"
+        return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(cell(r[c]) for c in COLUMNS) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def caption(metrics: list[dict]) -> str:
+    """What the WER axis means: which kinds of speech, and whether the model was trained at all."""
+    kinds = sorted({s["kind"] for m in metrics for s in m.get("sets", {}).values()})
+    untrained = any(m.get("model", {}).get("trained") is False for m in metrics)
+    note = " — random weights: WER is noise" if untrained else ""
+    return f"WER over {' + '.join(kinds) or 'no'} speech, batch-1 latency{note}"
+
+
+def plot_pareto(points: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    drawable = [p for p in points if p["wer_pct"] is not None]
+    largest = max((p["size_mb"] for p in drawable), default=1.0) or 1.0
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for p in drawable:
+        is_fp32 = p["variant"] == FP32
+        ax.scatter(
+            p["latency_ms_median"], p["wer_pct"], s=40 + 460 * p["size_mb"] / largest, alpha=0.75,
+            color="tab:red" if is_fp32 else ("tab:blue" if p["pareto"] else "tab:gray"),
+            marker="*" if is_fp32 else "o", edgecolor="black", linewidth=0.5, zorder=3,
+        )
+        ax.annotate(p["variant"], (p["latency_ms_median"], p["wer_pct"]), textcoords="offset points", xytext=(6, 6),
+                    fontsize=8, fontweight="bold" if is_fp32 else "normal")
+    front = sorted((p for p in drawable if p["pareto"]), key=lambda p: p["latency_ms_median"])
+    if len(front) > 1:
+        ax.step([p["latency_ms_median"] for p in front], [p["wer_pct"] for p in front], where="post",
+                color="tab:blue", linestyle="--", linewidth=1, label="Pareto front", zorder=2)
+        ax.legend(loc="best", fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("median latency, batch 1 (ms, log scale)")
+    ax.set_ylabel("WER (%)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.text(0.99, 0.01, "marker area ∝ model size (MB); ★ = NeMo FP32", ha="right", fontsize=7, color="dimgray")
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, bbox_inches="tight")
+    plt.close(fig)

@@ -1,0 +1,163 @@
+"""The evaluate stage on a tiny random-weight QuartzNet and a fake prepared dir: FP32 baseline, a
+variant through a fake backend registered for the test, MLflow mirroring, and the error path."""
+
+from __future__ import annotations
+
+import json
+import runpy
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nemo_ptq.backends import base
+from nemo_ptq.backends.base import ArtifactInfo, Backend
+
+ROOT = Path(__file__).resolve().parents[1]
+SETS = {"clips": "real", "tts": "synthetic"}
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Path:
+    """data/model (tiny .nemo + card.json), data/prepared (2 sets x 2 utterances) and params.yaml."""
+    import torch
+
+    from nemo_ptq.evaluation.latency import speech_like_signal
+    from nemo_ptq.models.architectures import build_quartznet
+    from nemo_ptq.models.loading import ModelSource, describe
+
+    root = tmp_path_factory.mktemp("ws")
+    model = build_quartznet("quartznet_tiny")
+    (root / "data/model").mkdir(parents=True)
+    model.save_to(str(root / "data/model/model.nemo"))
+    card = describe(model, ModelSource.parse("arch:quartznet_tiny")).to_json()
+    (root / "data/model/card.json").write_text(json.dumps(card))
+
+    prepared = root / "data/prepared"
+    summary = {"sample_rate": 16000, "feature_dim": 64, "sets": []}
+    for k, (name, kind) in enumerate(SETS.items()):
+        (prepared / name / "features").mkdir(parents=True)
+        rows = []
+        for i in range(2):
+            audio = torch.from_numpy(speech_like_signal(1.0 + 0.5 * i, 16000, seed=10 * k + i))[None]
+            with torch.inference_mode():
+                features, length = model.preprocessor(input_signal=audio, length=torch.tensor([audio.shape[1]]))
+            np.save(prepared / name / "features" / f"u{i}.npy", features[0, :, : int(length[0])].numpy())
+            rows.append({"id": f"u{i}", "audio_filepath": f"audio/u{i}.wav", "duration": audio.shape[1] / 16000,
+                         "text": f"Hello, World {i}!", "text_norm": f"hello world {i}", "source": "test"})
+        (prepared / name / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        summary["sets"].append({"name": name, "kind": kind, "role": "eval", "utterances": 2, "seconds": 2.5})
+    (prepared / "summary.json").write_text(json.dumps(summary))
+    (root / "data/quantized/fake8").mkdir(parents=True)
+    (root / "data/quantized/fake8/weights.bin").write_bytes(b"\0" * 1000)
+    (root / "params.yaml").write_text(
+        "evaluate: {threads: 1, latency_audio_s: 1.0, warmup_runs: 1, timed_runs: 3}\n"
+        "variants:\n  fake8: {backend: fake, noise: 0.5}\n"
+    )
+    (root / ".dvc").mkdir()
+    return root
+
+
+@dataclass(frozen=True)
+class FakeConfig:
+    noise: float = 0.0
+
+
+class FakeBackend(Backend):
+    """'Quantizes' by adding noise to NeMo's FP32 log-probs, so hypotheses may differ from FP32."""
+
+    name = "fake"
+    config_class = FakeConfig
+
+    def calibrate(self, fused, features, out_dir):
+        raise NotImplementedError
+
+    def quantize(self, fused, calibration_dir, out_dir):
+        raise NotImplementedError
+
+    def load(self, artifact_dir, threads):
+        from nemo_ptq.evaluation.fp32 import NemoEagerRunner, load_fp32
+
+        runner = NemoEagerRunner(load_fp32(Path(artifact_dir).parents[1] / "model"))
+        rng = np.random.default_rng(0)
+        return lambda features: runner(features) + self.config.noise * rng.standard_normal((1, 1, 1)).astype("f")
+
+    def describe(self, artifact_dir):
+        return ArtifactInfo(size_bytes=1000, int8_conv_fraction=0.5, int8_mac_fraction=0.9,
+                            layer_precisions={"encoder.0": "int8", "decoder": "fp32"}, notes="fake")
+
+
+def run_stage_in_process(workspace: Path, monkeypatch, *args: str) -> None:
+    monkeypatch.chdir(workspace)
+    monkeypatch.setattr(sys, "argv", ["evaluate.py", *args])
+    runpy.run_path(str(ROOT / "stages/evaluate.py"), run_name="__main__")
+
+
+def test_evaluate_fp32_and_a_variant(workspace, monkeypatch, tmp_path):
+    monkeypatch.setitem(base._REGISTRY, "fake", FakeBackend)  # restored after the test
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("NEMO_PTQ_MLFLOW_EXPERIMENT", "test-evaluate")
+    common = ["--model", "data/model", "--prepared", "data/prepared", "--params", "params.yaml"]
+    run_stage_in_process(workspace, monkeypatch, "--variant", "fp32", *common,
+                         "--out-metrics", "metrics/fp32.json", "--out-transcripts", "data/evaluation/fp32")
+    run_stage_in_process(workspace, monkeypatch, "--variant", "fake8", *common,
+                         "--artifact", "data/quantized/fake8", "--fp32-transcripts", "data/evaluation/fp32",
+                         "--out-metrics", "metrics/fake8.json", "--out-transcripts", "data/evaluation/fake8")
+
+    fp32 = json.loads((workspace / "metrics/fp32.json").read_text())
+    fake = json.loads((workspace / "metrics/fake8.json").read_text())
+    headline = {"variant", "backend", "wer", "cer", "utterances", "hours", "latency_ms_median", "latency_ms_p90",
+                "rtf", "speedup_vs_fp32", "fp32_latency_ms_median", "size_mb", "size_ratio_vs_fp32",
+                "int8_conv_fraction", "int8_mac_fraction"}
+    assert headline <= set(fp32) and headline | {"wer_vs_fp32"} <= set(fake)
+    assert "wer_vs_fp32" not in fp32 and fake["wer_vs_fp32"] == 0.0  # a constant shift keeps the argmax
+    assert fp32["backend"] == "nemo-eager" and fp32["size_ratio_vs_fp32"] == 1.0
+    assert fp32["speedup_vs_fp32"] == 1.0 and fake["speedup_vs_fp32"] > 0
+    assert fake["size_mb"] == 0.001 and fake["int8_mac_fraction"] == 0.9
+    assert fake["layers"] == [{"name": "encoder.0", "precision": "int8"}, {"name": "decoder", "precision": "fp32"}]
+    assert fake["utterances"] == 4 and set(fake["sets"]) == set(SETS)
+    assert {name: s["kind"] for name, s in fake["sets"].items()} == SETS and set(fake["kinds"]) == {"real", "synthetic"}
+    assert len(fake["latency"]["runs_ms"]) == len(fake["latency"]["fp32_runs_ms"]) == 3
+    assert fake["latency"]["threads"] == 1 and len(fp32["latency"]["runs_ms"]) == 3
+    assert fp32["size"]["fp32_state_dict_bytes"] > 0 and fp32["model"]["trained"] is False
+    assert set(fp32["system"]) == {"cpu", "logical_cpus", "isa", "versions"}
+    assert any(v.startswith("torch==") for v in fp32["system"]["versions"])
+    rows = [json.loads(line) for line in (workspace / "data/evaluation/fake8/clips.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rows] == ["u0", "u1"] and rows[0]["reference"] == "hello world 0"
+
+    import mlflow
+
+    runs = mlflow.search_runs(experiment_names=["test-evaluate"], output_format="list")
+    assert sorted(run.data.tags["variant"] for run in runs) == ["fake8", "fp32"]
+    run = next(r for r in runs if r.data.tags["variant"] == "fake8")
+    assert run.data.params["options.noise"] == "0.5" and run.data.params["backend"] == "fake"
+    assert run.data.params["evaluate.timed_runs"] == "3"
+    assert run.data.metrics["wer_vs_fp32"] == 0.0 and run.data.metrics["sets.clips.utterances"] == 2
+    assert run.data.tags["set_kinds"] == "clips=real,tts=synthetic" and len(run.data.tags["stage_fingerprint"]) == 64
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "transcripts")}
+    assert artifacts == {"transcripts/clips.jsonl", "transcripts/tts.jsonl"}
+
+
+def test_bad_input_is_one_error_line_and_no_output(workspace, monkeypatch, capsys, tmp_path):
+    out = tmp_path / "m.json"
+    out.write_text("stale")
+    monkeypatch.setenv("NEMO_PTQ_MLFLOW", "off")
+    with pytest.raises(SystemExit) as exit_info:
+        run_stage_in_process(workspace, monkeypatch, "--variant", "fp32", "--model", "data/model",
+                             "--prepared", "missing/prepared", "--out-metrics", str(out),
+                             "--out-transcripts", str(tmp_path / "t"))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 1 and len(err) == 1 and err[0].startswith("error: ")
+    assert "dvc repro prepare" in err[0] and not out.exists() and not (tmp_path / "t").exists()
+
+
+def test_unknown_variant_lists_the_choices():
+    from nemo_ptq.errors import ConfigError
+    from nemo_ptq.evaluation.evaluate import variant_entry
+
+    with pytest.raises(ConfigError, match="choose one of: fp32, fake8"):
+        variant_entry({"fake8": {"backend": "fake"}}, "onednn")
+    with pytest.raises(ConfigError, match="reserved"):
+        variant_entry({"fp32": {"backend": "fake"}}, "fp32")
