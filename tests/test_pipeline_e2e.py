@@ -1,0 +1,106 @@
+"""`dvc repro` end to end in a temporary copy of the project, on a tiny model and a few clips.
+
+Also checks DVC's caching promises: a second repro does nothing, and editing one variant's
+calibration params marks only that variant's calibrate/quantize/evaluate stages as changed.
+"""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO_ROOT, stage_env
+
+pytestmark = pytest.mark.slow
+COPIED = ["dvc.yaml", "params.yaml", "stages", "src", "data/text", "data/embedded"]
+
+
+def dvc(*args, cwd, env):
+    dvc_bin = Path(sys.executable).with_name("dvc")
+    result = subprocess.run([str(dvc_bin), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=1200)
+    assert result.returncode == 0, f"dvc {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+def small_params(project: Path) -> None:
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["model"]["source"] = "arch:quartznet_tiny"
+    params["data"]["eval_sets"] = [
+        {"name": "espeak_eval", "kind": "synthetic", "limit": 3,
+         "tts": {"engine": "espeak-ng", "voices": ["en-us+f3"], "sentences": "data/text/eval_sentences.txt"}},
+    ]
+    params["data"]["calibration_set"] = {
+        "name": "espeak_cal", "kind": "synthetic", "limit": 4,
+        "tts": {"engine": "espeak-ng", "voices": ["en-us+m2"], "sentences": "data/text/calibration_sentences.txt"},
+    }
+    params["evaluate"].update({"threads": 1, "latency_audio_s": 2.0, "warmup_runs": 1, "timed_runs": 2})
+    calibration = {"num_utterances": 3, "seed": 0, "observer": "minmax", "per_channel": True, "reduce_range": False}
+    params["variants"] = {
+        "onednn": {"backend": "eager", "engine": "onednn", "calibration": dict(calibration)},
+        "qnnpack": {"backend": "eager", "engine": "qnnpack", "calibration": dict(calibration, per_channel=False)},
+    }
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    project = tmp_path_factory.mktemp("project")
+    for name in COPIED:
+        source = REPO_ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, project / name, ignore=shutil.ignore_patterns("__pycache__"))
+        elif source.exists():
+            shutil.copy2(source, project / name)
+    (project / "data" / "embedded").mkdir(parents=True, exist_ok=True)
+    small_params(project)
+    env = stage_env()
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{project / 'mlflow.db'}"
+    env.pop("NEMO_PTQ_MLFLOW", None)
+    subprocess.run(["git", "init", "-q"], cwd=project, check=True)
+    dvc("init", "-q", cwd=project, env=env)
+    dvc("repro", cwd=project, env=env)
+    return project, env
+
+
+def test_repro_writes_metrics_plots_and_mlflow_runs(project):
+    root, _ = project
+    for variant in ("fp32", "onednn", "qnnpack"):
+        metrics = json.loads((root / "metrics" / f"{variant}.json").read_text())
+        assert 0 <= metrics["wer"] and metrics["latency_ms_median"] > 0
+        assert "espeak_eval" in metrics["sets"]
+    onednn = json.loads((root / "metrics" / "onednn.json").read_text())
+    assert onednn["int8_conv_fraction"] == 1.0
+    assert onednn["speedup_vs_fp32"] > 0 and 0 < onednn["size_ratio_vs_fp32"] < 1
+    assert (root / "plots" / "pareto.png").stat().st_size > 0
+    assert json.loads((root / "data" / "fused" / "equivalence.json").read_text())["max_abs_diff"] <= 1e-3
+
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
+    runs = mlflow.search_runs(search_all_experiments=True)
+    variants = set(runs["tags.variant"].dropna()) if "tags.variant" in runs else set()
+    assert {"fp32", "onednn", "qnnpack"} <= variants
+
+
+def test_second_repro_is_a_no_op(project):
+    root, env = project
+    assert "up to date" in dvc("status", cwd=root, env=env)
+    output = dvc("repro", cwd=root, env=env)
+    assert "Running stage" not in output
+
+
+def test_editing_one_variant_marks_only_its_stages(project):
+    root, env = project
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    original = (root / "params.yaml").read_text()
+    params["variants"]["onednn"]["calibration"]["num_utterances"] = 2
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        changed = set(json.loads(dvc("status", "--json", cwd=root, env=env)))
+    finally:
+        (root / "params.yaml").write_text(original)
+    assert changed == {"calibrate@onednn", "quantize@onednn", "evaluate@onednn"}
