@@ -26,11 +26,12 @@ def quiet_environment() -> None:
     """Disable telemetry and silence NeMo's chatter before anything heavy is imported."""
     for key, value in TELEMETRY_OFF.items():
         os.environ.setdefault(key, value)
-    os.environ.setdefault("NEMO_LOG_LEVEL", "ERROR")
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", message=".*torch.ao.quantization.*")
-    logging.getLogger("nemo_logger").setLevel(logging.ERROR)
+    # NeMo resets its logger's level on import; a filter on the logger object survives that.
+    logging.getLogger("nemo_logger").addFilter(lambda record: record.levelno >= logging.WARNING)
+    logging.getLogger("nv_one_logger").setLevel(logging.ERROR)
 
 
 @contextmanager
