@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO_ROOT, stage_env
+from conftest import REPO_ROOT, SHARED_DATA, stage_env
 
 pytestmark = pytest.mark.slow
 COPIED = ["dvc.yaml", "params.yaml", "stages", "src", "data/text", "data/embedded"]
@@ -33,6 +33,11 @@ def small_params(project: Path) -> None:
         {"name": "espeak_eval", "kind": "synthetic", "limit": 3,
          "tts": {"engine": "espeak-ng", "voices": ["en-us+f3"], "sentences": "data/text/eval_sentences.txt"}},
     ]
+    test_other = SHARED_DATA / "librispeech_resemblyzer" / "manifest.jsonl"
+    if test_other.is_file():  # real speech when ../shared is there (its first rows are test-other)
+        params["data"]["eval_sets"].append(
+            {"name": "test_other", "kind": "real", "limit": 2, "manifest": str(test_other)}
+        )
     params["data"]["calibration_set"] = {
         "name": "espeak_cal", "kind": "synthetic", "limit": 4,
         "tts": {"engine": "espeak-ng", "voices": ["en-us+m2"], "sentences": "data/text/calibration_sentences.txt"},
