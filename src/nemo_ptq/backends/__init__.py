@@ -10,6 +10,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from nemo_ptq.backends import eager  # noqa: F401  (registers itself)
+from nemo_ptq.backends import ort  # noqa: F401  (registers itself)
+from nemo_ptq.backends import ov  # noqa: F401  (registers itself)
+from nemo_ptq.backends import pt2e  # noqa: F401  (registers itself)
 from nemo_ptq.backends.base import Backend, registry
 from nemo_ptq.errors import ConfigError
 

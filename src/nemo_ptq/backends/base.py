@@ -46,6 +46,20 @@ class ArtifactInfo:
     layer_precisions: dict[str, str]  # conv layer name -> precision it really runs in
     notes: str = ""
 
+    @classmethod
+    def from_layers(cls, precisions: dict[str, str], macs: dict[str, int], *, size_bytes: int,
+                    notes: str) -> "ArtifactInfo":
+        """From per-layer precisions and MACs (convs, and MatMul/Gemm with weights where present)."""
+        int8 = [name for name, p in precisions.items() if p == "int8"]
+        total = sum(macs.get(name, 0) for name in precisions)
+        return cls(
+            size_bytes=size_bytes,
+            int8_conv_fraction=len(int8) / max(1, len(precisions)),
+            int8_mac_fraction=sum(macs.get(name, 0) for name in int8) / max(1, total),
+            layer_precisions=precisions,
+            notes=notes,
+        )
+
 
 class Backend(ABC):
     """Subclasses set `name` and `config_class` and implement the five methods."""

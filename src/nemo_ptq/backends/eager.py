@@ -139,14 +139,9 @@ class EagerBackend(Backend):
 
     def describe(self, artifact_dir: Path) -> ArtifactInfo:
         layers = json.loads((artifact_dir / "layers.json").read_text())
-        precisions, macs = layers["precisions"], layers["macs"]
-        int8 = [name for name, p in precisions.items() if p == "int8"]
-        total_macs = sum(macs.values())
-        return ArtifactInfo(
+        return ArtifactInfo.from_layers(
+            layers["precisions"], layers["macs"],
             size_bytes=sum((artifact_dir / name).stat().st_size for name in (MODEL, SPEC_FILE)),
-            int8_conv_fraction=len(int8) / max(1, len(precisions)),
-            int8_mac_fraction=sum(macs.get(n, 0) for n in int8) / max(1, total_macs),
-            layer_precisions=precisions,
             notes=f"torch eager, engine {self.config.engine}",
         )
 

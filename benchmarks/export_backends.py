@@ -1,0 +1,140 @@
+"""Latency of the export-based backends against NeMo's FP32 eager forward, in one process.
+
+Random-weight QuartzNet (default 15x5) rewritten to FusedCTC; every variant is calibrated on
+random features (speed and coverage only: accuracy needs a trained model and real speech),
+quantized into a temporary folder, loaded with the given threads and timed on one input of
+`--frames` feature frames (1000 = 10 s). The timed runs are split into rounds that sweep over all
+variants, so that load from other processes on the machine hits every variant alike; medians
+and interquartile ranges are reported.
+
+    python benchmarks/export_backends.py --arch quartznet_15x5 --runs 15 --out bench.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from nemo_ptq.cli import quiet_environment
+
+VARIANTS = {
+    "ORT FP32": {"backend": "ort", "precision": "fp32"},
+    "ORT INT8 (avx512_vnni, minmax)": {"backend": "ort", "preset": "avx512_vnni"},
+    "ORT INT8 quantize_static defaults": {"backend": "ort", "preset": "ort_defaults"},
+    "PT2E INT8 (X86InductorQuantizer, compiled, dynamic shapes)": {"backend": "pt2e"},
+    "PT2E INT8 (compiled for this length only)": {"backend": "pt2e", "dynamic": False},
+    "OpenVINO FP32 IR, bf16 inference": {"backend": "ov", "precision": "fp32", "inference_precision": "bf16"},
+    "OpenVINO FP32 IR, f32 inference": {"backend": "ov", "precision": "fp32", "inference_precision": "f32"},
+    "OpenVINO INT8 (NNCF, convert_model, f32 hint)": {"backend": "ov", "precision": "int8"},
+    "OpenVINO INT8 nncf defaults (read_model, default hint)": {
+        "backend": "ov", "precision": "int8", "loader": "read_model", "inference_precision": "plugin_default"},
+}
+
+
+def build(arch: str):
+    from nemo_ptq.models.architectures import build_quartznet
+    from nemo_ptq.models.fused import rewrite
+    from nemo_ptq.models.loading import ModelSource, describe
+
+    model = build_quartznet(arch)
+    card = describe(model, ModelSource("arch", arch)).to_json()
+    card["preprocessor"] = {k: v for k, v in model.cfg.preprocessor.items() if k != "_target_"}
+    return model, rewrite(model), card
+
+
+def prepare_runners(fused, card, work: Path, threads: int, calibration: list[np.ndarray], only: list[str]):
+    from nemo_ptq.backends import get_backend
+
+    runners, infos = {}, {}
+    for label, entry in VARIANTS.items():
+        if only and not any(word in label for word in only):
+            continue
+        name = entry["backend"]
+        backend = get_backend(name, {**entry, "calibration": {"num_utterances": len(calibration), "seed": 0}}
+                              if entry.get("precision", "int8") == "int8" else entry, card)
+        start = time.perf_counter()
+        backend.calibrate(fused, iter(calibration), work / label / "cal")
+        backend.quantize(fused, work / label / "cal", work / label / "q")
+        build_s = time.perf_counter() - start
+        runners[label] = backend.load(work / label / "q", threads)
+        info = backend.describe(work / label / "q")
+        infos[label] = {"build_s": round(build_s, 1), "size_mb": round(info.size_bytes / 1e6, 1),
+                        "int8_convs": round(info.int8_conv_fraction, 3), "int8_macs": round(info.int8_mac_fraction, 3),
+                        "notes": info.notes}
+        print(f"ready: {label} ({build_s:.0f} s)", flush=True)
+    return runners, infos
+
+
+def time_blocks(runners: dict, features: np.ndarray, warmup: int, runs: int, rounds: int) -> dict[str, list[float]]:
+    """`rounds` sweeps over the variants, each a block of warm-up + timed runs. Blocks, not single
+    interleaved calls: ORT's and OpenVINO's thread pools spin after a call and would slow the
+    next variant down."""
+    times = {label: [] for label in runners}
+    per_round = max(1, runs // rounds)
+    for _ in range(rounds):
+        for label, run in runners.items():
+            for _ in range(warmup):
+                run(features)
+            for _ in range(per_round):
+                start = time.perf_counter()
+                run(features)
+                times[label].append((time.perf_counter() - start) * 1000)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arch", default="quartznet_15x5")
+    parser.add_argument("--frames", type=int, default=1000)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=15)
+    parser.add_argument("--rounds", type=int, default=3, help="sweeps over the variants (runs are split)")
+    parser.add_argument("--calibration-utterances", type=int, default=8)
+    parser.add_argument("--only", nargs="*", default=[], help="keep variants whose label contains a word")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    quiet_environment()
+    torch.set_num_threads(args.threads)
+
+    from nemo_ptq.models.fused import nemo_log_probs
+
+    model, fused, card = build(args.arch)
+    rng = np.random.default_rng(0)
+    calibration = [rng.standard_normal((card["feature_dim"], 500)).astype(np.float32)
+                   for _ in range(args.calibration_utterances)]
+    features = rng.standard_normal((1, card["feature_dim"], args.frames)).astype(np.float32)
+    with tempfile.TemporaryDirectory() as tmp:
+        runners, infos = prepare_runners(fused, card, Path(tmp), args.threads, calibration, args.only)
+        runners = {"NeMo FP32 eager": lambda x: nemo_log_probs(model, torch.from_numpy(x)).numpy(), **runners}
+        torch.set_num_threads(args.threads)  # a backend's load may have changed it
+        times = time_blocks(runners, features, args.warmup, args.runs, args.rounds)
+
+    rows = []
+    for label, samples in times.items():
+        q1, median, q3 = statistics.quantiles(samples, n=4)
+        rows.append({"variant": label, "median_ms": round(median, 1), "iqr_ms": round(q3 - q1, 1),
+                     "min_ms": round(min(samples), 1), **infos.get(label, {}),
+                     "samples_ms": [round(t, 2) for t in samples]})
+    print(f"\n{args.arch}, {args.frames} frames, {args.threads} threads, {len(next(iter(times.values())))} runs in "
+          f"{args.rounds} rounds, {args.warmup} warm-up per block, {platform.processor() or platform.machine()}\n")
+    print("| variant | median ms | IQR ms | min ms | INT8 convs | INT8 MACs | size MB |")
+    print("|---|---|---|---|---|---|---|")
+    for row in rows:
+        print(f"| {row['variant']} | {row['median_ms']} | {row['iqr_ms']} | {row['min_ms']} | "
+              f"{row.get('int8_convs', '-')} | {row.get('int8_macs', '-')} | {row.get('size_mb', '-')} |")
+    if args.out:
+        args.out.write_text(json.dumps({"arch": args.arch, "frames": args.frames, "threads": args.threads,
+                                        "runs": args.runs, "rows": rows}, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

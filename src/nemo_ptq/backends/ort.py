@@ -1,0 +1,258 @@
+"""ONNX Runtime static INT8 (QDQ) on the exported FP32 model, or the FP32 model itself.
+
+calibrate: export to ONNX, run ORT's calibrator (MinMax, Entropy or Percentile) over the
+calibration features one utterance at a time, save the ranges (ORT's own JSON format).
+quantize:  export again (deterministic, same tensor names), apply THOSE ranges through
+`quantize_static(calibration_cache_path=...)` without re-running calibration, and write a
+deployable folder: model.onnx (with metadata_props), tokens.txt.
+
+Presets are named by the CPU they suit: `avx512_vnni` (U8 activations, S8 per-channel weights,
+the fast path on VNNI), `avx2` (same with 7-bit ranges, against u8*s8 overflow without VNNI),
+and `ort_defaults` (exactly `quantize_static`'s default arguments: S8/S8 per-tensor, no
+pre-processing, every op type ORT can quantize) as the peer baseline. Fields set in params
+override the preset. The ISA presets quantize weight layers, adds and ReLUs only, and keep
+products of two activations (attention scores) in float.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+from torch import nn
+
+from nemo_ptq.backends.base import ArtifactInfo, Backend, register
+from nemo_ptq.errors import ConfigError
+from nemo_ptq.models import export
+
+PRECISIONS = ("int8", "fp32")
+METHODS = ("minmax", "entropy", "percentile")
+QUANT_TYPES = ("u8", "s8")
+# Weight layers and the adds between them; softmax, sigmoid/swish, LayerNorm and the attention
+# score products stay float (quantizing them costs accuracy in Conformers for little speed).
+WEIGHT_LAYERS_AND_ADDS = ["Conv", "MatMul", "Gemm", "Add", "Relu"]
+PRESETS = {
+    "avx512_vnni": {"activation_type": "u8", "weight_type": "s8", "per_channel": True, "reduce_range": False,
+                    "preprocess": True, "op_types_to_quantize": WEIGHT_LAYERS_AND_ADDS},
+    "avx2": {"activation_type": "u8", "weight_type": "s8", "per_channel": True, "reduce_range": True,
+             "preprocess": True, "op_types_to_quantize": WEIGHT_LAYERS_AND_ADDS},
+    "ort_defaults": {"activation_type": "s8", "weight_type": "s8", "per_channel": False, "reduce_range": False,
+                     "preprocess": False, "op_types_to_quantize": []},  # []: every op ORT can quantize
+}
+RANGES = "ranges.json"
+MODEL = "model.onnx"
+TOKENS = "tokens.txt"
+LAYERS = "layers.json"
+# Optimized-graph ops that compute in integers; every other op on a weight layer runs in float.
+INT8_OPS = {"QLinearConv", "ConvInteger", "QLinearMatMul", "MatMulInteger", "MatMulIntegerToFloat",
+            "DynamicQuantizeMatMul", "QGemm"}
+
+
+@dataclass(frozen=True)
+class OrtCalibration:
+    num_utterances: int = 32
+    seed: int = 0
+    method: str = "minmax"  # minmax | entropy | percentile (ORT's calibrators)
+    percentile: float = 99.999  # for method: percentile
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"unknown calibration method {self.method!r}; choose one of: {', '.join(METHODS)}")
+        if not isinstance(self.num_utterances, int) or self.num_utterances < 1:
+            raise ValueError(f"num_utterances must be an integer >= 1, got {self.num_utterances!r}")
+        if not 50.0 < float(self.percentile) <= 100.0:
+            raise ValueError(f"percentile must be in (50, 100], got {self.percentile}")
+
+
+@dataclass(frozen=True)
+class OrtConfig:
+    precision: str = "int8"  # int8 | fp32 (fp32: the exported model as is, no calibration)
+    preset: str = "avx512_vnni"  # avx512_vnni | avx2 | ort_defaults; the fields below override it
+    activation_type: str | None = None  # u8 | s8
+    weight_type: str | None = None  # u8 | s8
+    per_channel: bool | None = None
+    reduce_range: bool | None = None
+    preprocess: bool | None = None  # onnxruntime's quant_pre_process (shape inference, fusions)
+    op_types_to_quantize: list[str] | None = None  # ONNX op types; [] = all that ORT supports
+    nodes_to_exclude: list[str] = field(default_factory=list)  # ONNX node names kept in FP32
+    calibration: OrtCalibration = field(default_factory=OrtCalibration)
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r}; choose one of: {', '.join(PRECISIONS)}")
+        if self.preset not in PRESETS:
+            raise ValueError(f"unknown preset {self.preset!r}; choose one of: {', '.join(PRESETS)}")
+        for key, value in PRESETS[self.preset].items():
+            if getattr(self, key) is None:
+                object.__setattr__(self, key, value)
+        for key in ("activation_type", "weight_type"):
+            if getattr(self, key) not in QUANT_TYPES:
+                raise ValueError(f"unknown {key} {getattr(self, key)!r}; choose one of: {', '.join(QUANT_TYPES)}")
+        for key in ("per_channel", "reduce_range", "preprocess"):
+            if not isinstance(getattr(self, key), bool):
+                raise ValueError(f"{key} must be true or false")
+        for key in ("nodes_to_exclude", "op_types_to_quantize"):
+            value = getattr(self, key)
+            if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+                raise ValueError(f"{key} must be a list of names")
+        if self.precision == "fp32":
+            object.__setattr__(self, "calibration", None)  # nothing to calibrate: the stage draws no data
+
+
+@register
+class OrtBackend(Backend):
+    name = "ort"
+    config_class = OrtConfig
+
+    def _fp32_onnx(self, fp32: nn.Module, work_dir: Path) -> Path:
+        """The FP32 ONNX model quantization starts from (pre-processed when configured)."""
+        path = export.export_onnx(fp32, work_dir / "exported.onnx", export.feature_dim(fp32, self.card))
+        if not self.config.preprocess:
+            return path
+        from onnxruntime.quantization import quant_pre_process
+
+        pre = work_dir / "preprocessed.onnx"
+        with contextlib.chdir(work_dir):  # a failed symbolic shape inference leaves its files in the cwd
+            try:
+                quant_pre_process(str(path), str(pre))
+            except Exception:  # ORT's symbolic shape inference gives up on some graphs (e.g. Citrinet's SE)
+                quant_pre_process(str(path), str(pre), skip_symbolic_shape=True)
+        return pre
+
+    def calibrate(self, fp32: nn.Module, features: Iterable[np.ndarray], out_dir: Path) -> None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if self.config.precision == "int8":
+            from onnxruntime.quantization import save_tensors_data
+
+            with tempfile.TemporaryDirectory() as tmp:
+                model = self._fp32_onnx(fp32, Path(tmp))
+                calibrator = self._calibrator(model, Path(tmp) / "augmented.onnx")
+                seen = 0
+                for feats in features:  # one utterance per call: memory stays at one utterance
+                    calibrator.collect_data(_Reader({export.INPUT: feats[None].astype(np.float32)}))
+                    seen += 1
+                if seen == 0:
+                    raise ConfigError("ort int8 calibration got no utterances: set calibration.num_utterances >= 1")
+                save_tensors_data(calibrator.compute_data(), out_dir / RANGES)
+        self.save_config(out_dir)
+
+    def _calibrator(self, model: Path, augmented: Path):
+        from onnxruntime.quantization import create_calibrator
+
+        cal = self.config.calibration
+        method = _method(cal.method)
+        options = {"percentile": float(cal.percentile)} if cal.method == "percentile" else {}
+        return create_calibrator(model, None, augmented_model_path=str(augmented), calibrate_method=method,
+                                 extra_options=options)
+
+    def quantize(self, fp32: nn.Module, calibration_dir: Path, out_dir: Path) -> None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            model_fp32 = self._fp32_onnx(fp32, Path(tmp))
+            macs = export.weight_layer_macs(onnx.load(str(model_fp32)), export.feature_dim(fp32, self.card))
+            if self.config.precision == "fp32":
+                model = onnx.load(str(model_fp32))
+            else:
+                model = self._quantized(model_fp32, Path(calibration_dir) / RANGES, Path(tmp) / "int8.onnx")
+        export.add_metadata(model, {**export.deployment_metadata(self.card), "precision": self.config.precision})
+        onnx.save(model, str(out_dir / MODEL))
+        export.write_tokens(out_dir / TOKENS, self.card)
+        (out_dir / LAYERS).write_text(json.dumps({"macs": macs}, indent=1) + "\n")
+        self.save_config(out_dir)
+
+    def _quantized(self, model_fp32: Path, ranges: Path, out_path: Path) -> onnx.ModelProto:
+        from onnxruntime.quantization import QuantFormat, QuantType, load_tensors_data, quantize_static
+
+        if not ranges.is_file():
+            raise ConfigError(f"{ranges} is missing: run the calibrate stage of this variant first")
+        names = {out for node in onnx.load(str(model_fp32)).graph.node for out in node.output} | {export.INPUT}
+        unknown = sorted(set(load_tensors_data(ranges).data) - names)
+        if unknown:  # ranges from another model or export: applying them would be silently wrong
+            raise ConfigError(f"{ranges} has ranges for tensors this model lacks ({', '.join(unknown[:3])}, ...): "
+                              "re-run the calibrate stage")
+        qtype = {"u8": QuantType.QUInt8, "s8": QuantType.QInt8}
+        exclude = list(self.config.nodes_to_exclude)
+        if self.config.op_types_to_quantize:  # a chosen op list: attention products stay float too
+            exclude += _activation_matmuls(onnx.load(str(model_fp32)))
+        quantize_static(
+            str(model_fp32), str(out_path), None, quant_format=QuantFormat.QDQ,
+            per_channel=self.config.per_channel, reduce_range=self.config.reduce_range,
+            activation_type=qtype[self.config.activation_type], weight_type=qtype[self.config.weight_type],
+            nodes_to_exclude=exclude, op_types_to_quantize=list(self.config.op_types_to_quantize),
+            calibrate_method=_method(self.config.calibration.method), calibration_cache_path=str(ranges),
+        )
+        return onnx.load(str(out_path))
+
+    def load(self, artifact_dir: Path, threads: int):
+        session = _session(Path(artifact_dir) / MODEL, threads)
+
+        def run(features: np.ndarray) -> np.ndarray:
+            return session.run(None, {export.INPUT: np.ascontiguousarray(features, dtype=np.float32)})[0]
+
+        return run
+
+    def describe(self, artifact_dir: Path) -> ArtifactInfo:
+        artifact_dir = Path(artifact_dir)
+        macs = json.loads((artifact_dir / LAYERS).read_text())["macs"]
+        with tempfile.TemporaryDirectory() as tmp:
+            optimized = Path(tmp) / "optimized.onnx"
+            _session(artifact_dir / MODEL, 1, optimized_path=optimized)
+            precisions = runtime_precisions(onnx.load(str(optimized)), macs)
+        return ArtifactInfo.from_layers(
+            precisions, macs,
+            size_bytes=sum((artifact_dir / name).stat().st_size for name in (MODEL, TOKENS)),
+            notes=f"onnxruntime CPU, {self.config.precision}, preset {self.config.preset}; precisions read from "
+                  "ORT's optimized graph (QLinearConv = int8)",
+        )
+
+
+class _Reader:
+    """ORT's CalibrationDataReader protocol for one input dict."""
+
+    def __init__(self, inputs: dict[str, np.ndarray]):
+        self._items = iter([inputs])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._items, None)
+
+
+def _activation_matmuls(model: onnx.ModelProto) -> list[str]:
+    """MatMul nodes with no constant operand (attention scores and their weighted sums)."""
+    constants = {init.name for init in model.graph.initializer}
+    constants |= {out for node in model.graph.node if node.op_type == "Constant" for out in node.output}
+    return [node.name for node in model.graph.node
+            if node.op_type == "MatMul" and not any(name in constants for name in node.input)]
+
+
+def _method(name: str):
+    from onnxruntime.quantization import CalibrationMethod
+
+    return {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+            "percentile": CalibrationMethod.Percentile}[name]
+
+
+def _session(model: Path, threads: int, optimized_path: Path | None = None):
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # the optimized-model dump warns that it is CPU-specific: we know
+    if optimized_path is not None:
+        options.optimized_model_filepath = str(optimized_path)
+    return onnxruntime.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+
+
+def runtime_precisions(optimized: onnx.ModelProto, layer_names: Iterable[str]) -> dict[str, str]:
+    """Precision of each weight layer in ORT's optimized graph; fused nodes keep the original
+    name plus a `_token_<n>` suffix."""
+    ops = {re.sub(r"_token_\d+$", "", node.name): node.op_type for node in optimized.graph.node}
+    return {name: ("int8" if ops.get(name) in INT8_OPS else "fp32") for name in layer_names}
+

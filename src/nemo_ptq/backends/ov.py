@@ -1,0 +1,167 @@
+"""OpenVINO: the exported FP32 model as an IR, optionally quantized by NNCF, on the CPU plugin.
+
+`precision: int8` quantizes with `nncf.quantize` on the calibration utterances; `precision: fp32`
+deploys the FP32 IR, and `inference_precision` says what the plugin computes the float layers
+in (OpenVINO's default on AVX-512 BF16 / AMX CPUs is bf16, not f32).
+
+The loader matters for depthwise convs: `core.read_model(model.onnx)` keeps each depthwise weight
+behind a Reshape, so NNCF sees a computed input, gives it per-element FakeQuantize ranges, and
+the plugin runs every depthwise conv in float. `ov.convert_model` folds those constants first and
+NNCF then quantizes all convs (checked from the compiled model's runtime precisions).
+
+NNCF has no public way to save activation statistics and apply them later, so calibrate saves
+the sampled features (compressed) and quantize runs NNCF on exactly those.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+from torch import nn
+
+from nemo_ptq.backends.base import ArtifactInfo, Backend, register
+from nemo_ptq.errors import ConfigError
+from nemo_ptq.models import export
+
+PRECISIONS = ("int8", "fp32")
+INFERENCE_PRECISIONS = ("f32", "bf16", "plugin_default")  # the CPU plugin's INFERENCE_PRECISION_HINT
+LOADERS = ("convert_model", "read_model")
+PRESETS = ("performance", "mixed")
+FEATURES = "features.npz"
+MODEL = "model.xml"
+WEIGHTS = "model.bin"
+TOKENS = "tokens.txt"
+LAYERS = "layers.json"
+WEIGHT_LAYER_TYPES = {"Convolution", "GroupConvolution", "FullyConnected", "MatMul", "Deconvolution"}
+
+
+@dataclass(frozen=True)
+class OvCalibration:
+    num_utterances: int = 32
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.num_utterances, int) or self.num_utterances < 1:
+            raise ValueError(f"num_utterances must be an integer >= 1, got {self.num_utterances!r}")
+
+
+@dataclass(frozen=True)
+class OvConfig:
+    precision: str = "int8"  # int8 (NNCF) | fp32 (the FP32 IR, no calibration)
+    inference_precision: str = "f32"  # f32 | bf16 | plugin_default (leave the hint unset: bf16 here)
+    loader: str = "convert_model"  # convert_model | read_model (read_model: depthwise convs stay float)
+    preset: str = "performance"  # NNCF preset: performance (symmetric) | mixed (asymmetric activations)
+    calibration: OvCalibration = field(default_factory=OvCalibration)
+
+    def __post_init__(self) -> None:
+        for key, valid in (("precision", PRECISIONS), ("inference_precision", INFERENCE_PRECISIONS),
+                           ("loader", LOADERS), ("preset", PRESETS)):
+            if getattr(self, key) not in valid:
+                raise ValueError(f"unknown {key} {getattr(self, key)!r}; choose one of: {', '.join(valid)}")
+        if self.precision == "fp32":
+            object.__setattr__(self, "calibration", None)  # nothing to calibrate: the stage draws no data
+
+
+@register
+class OvBackend(Backend):
+    name = "ov"
+    config_class = OvConfig
+
+    def calibrate(self, fp32: nn.Module, features: Iterable[np.ndarray], out_dir: Path) -> None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if self.config.precision == "int8":
+            arrays = {f"utt{i:05d}": feats.astype(np.float32) for i, feats in enumerate(features)}
+            if not arrays:
+                raise ConfigError("ov int8 calibration got no utterances: set calibration.num_utterances >= 1")
+            np.savez_compressed(out_dir / FEATURES, **arrays)
+        self.save_config(out_dir)
+
+    def quantize(self, fp32: nn.Module, calibration_dir: Path, out_dir: Path) -> None:
+        import openvino as ov
+
+        out_dir.mkdir(parents=True, exist_ok=True)
+        features = export.feature_dim(fp32, self.card)
+        with tempfile.TemporaryDirectory() as tmp:  # the IR may map the ONNX file: save before it goes
+            onnx_path = export.export_onnx(fp32, Path(tmp) / "model.onnx", features)
+            macs = export.weight_layer_macs(onnx.load(str(onnx_path)), features)
+            if self.config.loader == "convert_model":
+                model = ov.convert_model(onnx_path)
+            else:
+                model = ov.Core().read_model(onnx_path)
+            if self.config.precision == "int8":
+                model = self._nncf_quantized(model, Path(calibration_dir) / FEATURES)
+            metadata = {**export.deployment_metadata(self.card), "precision": self.config.precision}
+            for key, value in metadata.items():
+                model.set_rt_info(value, ["nemo_ptq", key])
+            ov.save_model(model, out_dir / MODEL, compress_to_fp16=False)  # keep float weights exact
+        export.write_tokens(out_dir / TOKENS, self.card)
+        (out_dir / LAYERS).write_text(json.dumps({"macs": macs}, indent=1) + "\n")
+        self.save_config(out_dir)
+
+    def _nncf_quantized(self, model, features_path: Path):
+        import nncf
+
+        if not features_path.is_file():
+            raise ConfigError(f"{features_path} is missing: run the calibrate stage of this variant first")
+        with np.load(features_path) as saved:
+            samples = [saved[key][None] for key in sorted(saved.files)]
+        preset = {"performance": nncf.QuantizationPreset.PERFORMANCE, "mixed": nncf.QuantizationPreset.MIXED}
+        return nncf.quantize(model, nncf.Dataset(samples), preset=preset[self.config.preset], subset_size=len(samples))
+
+    def load(self, artifact_dir: Path, threads: int):
+        compiled = self._compiled(Path(artifact_dir), threads)
+        request = compiled.create_infer_request()
+
+        def run(features: np.ndarray) -> np.ndarray:
+            request.infer({0: np.ascontiguousarray(features, dtype=np.float32)})
+            return request.get_output_tensor(0).data.copy()
+
+        return run
+
+    def _compiled(self, artifact_dir: Path, threads: int):
+        import openvino as ov
+
+        config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
+        if self.config.inference_precision != "plugin_default":
+            config["INFERENCE_PRECISION_HINT"] = self.config.inference_precision
+        return ov.Core().compile_model(artifact_dir / MODEL, "CPU", config)
+
+    def describe(self, artifact_dir: Path) -> ArtifactInfo:
+        artifact_dir = Path(artifact_dir)
+        macs = json.loads((artifact_dir / LAYERS).read_text())["macs"]
+        compiled = self._compiled(artifact_dir, threads=1)
+        precisions = runtime_precisions(compiled.get_runtime_model(), macs)
+        hint = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+        return ArtifactInfo.from_layers(
+            precisions, macs,
+            size_bytes=sum((artifact_dir / name).stat().st_size for name in (MODEL, WEIGHTS, TOKENS)),
+            notes=f"OpenVINO CPU, {self.config.precision} IR via {self.config.loader}, "
+                  f"INFERENCE_PRECISION_HINT={hint} ({self.config.inference_precision}); precisions are the "
+                  "compiled model's runtimePrecision per layer",
+        )
+
+
+def runtime_precisions(runtime_model, layer_names: Iterable[str]) -> dict[str, str]:
+    """Each weight layer's runtimePrecision in the compiled model (u8/i8 reported as int8). A
+    runtime node lists the IR layers it fused in `originalLayersNames`, some with a suffix that
+    the conversion added (`<layer>/WithoutBiases`, `<layer>/DequantizationMultiply`)."""
+    layers = set(layer_names)
+    found = {}
+    for op in runtime_model.get_ordered_ops():
+        info = op.get_rt_info()
+        if info["layerType"].astype(str) not in WEIGHT_LAYER_TYPES:
+            continue
+        precision = info["runtimePrecision"].astype(str)
+        precision = "int8" if precision in ("u8", "i8") else {"f32": "fp32"}.get(precision, precision)
+        for original in info["originalLayersNames"].astype(str).split(","):
+            while original and original not in layers:
+                original = original.rpartition("/")[0]
+            if original:
+                found.setdefault(original, precision)
+    return {name: found.get(name, "unknown") for name in layer_names}

@@ -1,0 +1,283 @@
+"""torchao PT2E static INT8: torch.export -> prepare_pt2e(X86InductorQuantizer) -> calibrate ->
+convert_pt2e, deployed as a saved ExportedProgram that `load` compiles with Inductor (freezing on).
+
+Inductor lowers quantized conv2d to oneDNN kernels but leaves quantized conv1d as dequantize +
+FP32 conv, so every Conv1d runs as Conv2d(1 x K) on a height-1 axis. calibrate saves the
+observers' state; quantize rebuilds the same observed graph (export is deterministic), loads
+that state and converts. Compiling needs a C compiler at run time; the compile time is written
+at quantize time next to the artifact (compile.json): every process that loads it pays it once.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import time
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from nemo_ptq.backends.base import ArtifactInfo, Backend, register
+from nemo_ptq.errors import BackendUnavailableError, ConfigError
+from nemo_ptq.models.export import feature_dim, grow_length_caches
+
+OBSERVERS = "observers.pt"
+PROGRAM = "model.pt2"
+LAYERS = "layers.json"
+COMPILE_LOG = "compile.json"
+EXAMPLE_FRAMES = 300
+MAC_FRAMES = 1000
+
+
+@dataclass(frozen=True)
+class Pt2eCalibration:
+    num_utterances: int = 32
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.num_utterances, int) or self.num_utterances < 1:
+            raise ValueError(f"num_utterances must be an integer >= 1, got {self.num_utterances!r}")
+
+
+@dataclass(frozen=True)
+class Pt2eConfig:
+    # X86InductorQuantizer's static config: HistogramObserver activations (u8), per-channel s8 weights.
+    reduce_range: bool = False  # 7-bit activations, for CPUs without VNNI
+    conv2d_form: bool = True  # run Conv1d as Conv2d(1 x K): the only form Inductor lowers to INT8
+    # true: one compiled graph for every input length. false: a graph per length (each new length
+    # compiles again, seconds each) whose kernels run about 2x faster on QuartzNet 15x5; also the
+    # only mode in which Inductor's INT8 lowering works on Citrinet and Conformer graphs.
+    dynamic: bool = True
+    calibration: Pt2eCalibration = field(default_factory=Pt2eCalibration)
+
+    def __post_init__(self) -> None:
+        for name in ("reduce_range", "conv2d_form", "dynamic"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false")
+
+
+@register
+class Pt2eBackend(Backend):
+    name = "pt2e"
+    config_class = Pt2eConfig
+
+    def _observed(self, fp32: nn.Module) -> torch.fx.GraphModule:
+        """The exported model with observers: what calibration runs through."""
+        from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
+        from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
+            X86InductorQuantizer,
+            get_default_x86_inductor_quantization_config,
+        )
+
+        grow_length_caches(fp32)
+        model = Conv2dForm(fp32) if self.config.conv2d_form else fp32.eval()
+        quantizer = X86InductorQuantizer()
+        quantizer.set_global(get_default_x86_inductor_quantization_config(reduce_range=self.config.reduce_range))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return prepare_pt2e(_export(model, feature_dim(fp32, self.card)).module(), quantizer)
+
+    def calibrate(self, fp32: nn.Module, features: Iterable[np.ndarray], out_dir: Path) -> None:
+        observed = self._observed(fp32)
+        with torch.no_grad():
+            for feats in features:
+                observed(torch.from_numpy(feats)[None])
+        out_dir.mkdir(parents=True, exist_ok=True)
+        torch.save(_observer_state(observed), out_dir / OBSERVERS)
+        self.save_config(out_dir)
+
+    def quantize(self, fp32: nn.Module, calibration_dir: Path, out_dir: Path) -> None:
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
+
+        path = Path(calibration_dir) / OBSERVERS
+        if not path.is_file():
+            raise ConfigError(f"{path} is missing: run the calibrate stage of this variant first")
+        observed = self._observed(fp32)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        missing = sorted(set(_observer_state(observed)) - set(state))
+        if missing:  # observers of another model or config: converting would use default ranges
+            raise ConfigError(f"{path} lacks observers {', '.join(missing[:3])}, ...: re-run the calibrate stage")
+        observed.load_state_dict(state, strict=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            converted = convert_pt2e(observed)
+        _drop_unused_parameters(converted)
+        features = feature_dim(fp32, self.card)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        torch.export.save(_export(converted, features), out_dir / PROGRAM)
+        macs = _layer_macs(Conv2dForm(fp32) if self.config.conv2d_form else fp32, features)
+        layers = {"precisions": _graph_precisions(converted), "macs": macs}
+        (out_dir / LAYERS).write_text(json.dumps(layers, indent=1) + "\n")
+        # Compile once here so the artifact records what every process that loads it pays.
+        run = self.load(out_dir, threads=torch.get_num_threads())
+        start = time.perf_counter()
+        run(np.zeros((1, features, EXAMPLE_FRAMES), dtype=np.float32))
+        seconds = round(time.perf_counter() - start, 2)
+        (out_dir / COMPILE_LOG).write_text(json.dumps({"first_call_seconds": seconds}) + "\n")
+        self.save_config(out_dir)
+
+    def load(self, artifact_dir: Path, threads: int):
+        compiled = _compiled(Path(artifact_dir) / PROGRAM, threads, self.config.dynamic)
+
+        def run(features: np.ndarray) -> np.ndarray:
+            with torch.no_grad():
+                return compiled(torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))).numpy()
+
+        return run
+
+    def describe(self, artifact_dir: Path) -> ArtifactInfo:
+        artifact_dir = Path(artifact_dir)
+        layers = json.loads((artifact_dir / LAYERS).read_text())
+        compile_note = ""
+        if (artifact_dir / COMPILE_LOG).is_file():
+            seconds = json.loads((artifact_dir / COMPILE_LOG).read_text())["first_call_seconds"]
+            compile_note = f"; compile (first call, measured at quantize) {seconds:.1f} s"
+        return ArtifactInfo.from_layers(
+            layers["precisions"], layers["macs"], size_bytes=(artifact_dir / PROGRAM).stat().st_size,
+            notes="torchao PT2E + X86InductorQuantizer, torch.compile (freezing); precision = conv with "
+                  "quantized input and weight in the converted graph, which Inductor lowers to oneDNN qconv"
+                  f"{'' if self.config.conv2d_form else ' (Conv1d form: left as dequantize + FP32 conv)'}"
+                  + compile_note,
+        )
+
+
+class Conv2dForm(nn.Module):
+    """The FP32 model with every Conv1d as a Conv2d(1 x K) over a height-1 axis; for a model
+    with a `logits` method (FusedCTC) the whole body runs 4-D, else each conv reshapes itself."""
+
+    def __init__(self, fp32: nn.Module):
+        super().__init__()
+        self.model = copy.deepcopy(fp32).eval()
+        self.whole_body = hasattr(self.model, "logits")
+        for parent in list(self.model.modules()):
+            for child_name, child in list(parent.named_children()):
+                if type(child) is nn.Conv1d:
+                    conv = _as_conv2d(child)
+                    setattr(parent, child_name, conv if self.whole_body else _Reshaped(conv))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        if not self.whole_body:
+            return self.model(features)
+        logits = self.model.logits(features.unsqueeze(2)).squeeze(2)
+        return torch.log_softmax(logits.transpose(1, 2), dim=-1)
+
+
+class _Reshaped(nn.Module):
+    """A Conv2d(1 x K) in a Conv1d's place; keeps the 1-D attributes that callers read (NeMo's
+    MaskedConv1d computes output lengths from them)."""
+
+    def __init__(self, conv: nn.Conv2d):
+        super().__init__()
+        self.conv = conv
+        for name in ("kernel_size", "stride", "padding", "dilation"):
+            setattr(self, name, getattr(conv, name)[1:])
+        self.in_channels, self.out_channels, self.groups = conv.in_channels, conv.out_channels, conv.groups
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x.unsqueeze(2)).squeeze(2)
+
+
+def _as_conv2d(conv: nn.Conv1d) -> nn.Conv2d:
+    if isinstance(conv.padding, str):
+        raise ConfigError(f"{conv} uses padding {conv.padding!r}; set conv2d_form: false for this model")
+    conv2d = nn.Conv2d(conv.in_channels, conv.out_channels, (1, conv.kernel_size[0]), stride=(1, conv.stride[0]),
+                       padding=(0, conv.padding[0]), dilation=(1, conv.dilation[0]), groups=conv.groups,
+                       bias=conv.bias is not None, padding_mode=conv.padding_mode)
+    with torch.no_grad():
+        conv2d.weight.copy_(conv.weight.unsqueeze(2))
+        if conv.bias is not None:
+            conv2d.bias.copy_(conv.bias)
+    return conv2d
+
+
+def _export(model: nn.Module, features: int) -> torch.export.ExportedProgram:
+    frames = torch.export.Dim.AUTO  # the range the model allows (subsampling, position tables)
+    example = torch.randn(1, features, EXAMPLE_FRAMES)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.export.export(model, (example,), dynamic_shapes=({2: frames},))
+
+
+def _drop_unused_parameters(module: torch.fx.GraphModule) -> None:
+    """convert_pt2e folds each weight into an INT8 constant but keeps the FP32 original as a
+    parameter; export would save both (a larger file than the FP32 model)."""
+    module.graph.eliminate_dead_code()
+    used = {node.target for node in module.graph.nodes if node.op == "get_attr"}
+    for name, _ in list(module.named_parameters()):
+        if name not in used:
+            owner, _, leaf = name.rpartition(".")
+            delattr(module.get_submodule(owner), leaf)
+    module.recompile()
+
+
+def _observer_state(observed: nn.Module) -> dict[str, torch.Tensor]:
+    """The observers' buffers only (the weights come from the FP32 model again)."""
+    return {k: v for k, v in observed.state_dict().items() if "activation_post_process" in k}
+
+
+CONV_OPS = {"conv1d", "conv2d", "linear"}
+
+
+def _graph_precisions(converted: torch.fx.GraphModule) -> dict[str, str]:
+    """For each conv/linear node: int8 when both its input and weight come from dequantize."""
+    precisions = {}
+    for node in converted.graph.nodes:
+        if node.op != "call_function" or getattr(node.target, "__name__", "").split(".")[0] not in CONV_OPS:
+            continue
+        stack = node.meta.get("nn_module_stack") or {"": (node.name, None)}
+        name = _module_path(list(stack.values())[-1][0])
+        quantized = all(getattr(arg, "target", None) is not None and "dequantize" in str(arg.target)
+                        for arg in node.args[:2])
+        precisions[name] = "int8" if quantized else "fp32"
+    return precisions
+
+
+def _module_path(path: str) -> str:
+    """`L['self'].model.blocks[0]...` or `model.blocks.0...` -> `model.blocks.0...`."""
+    return path.replace("L['self'].", "").replace("[", ".").replace("]", "").replace("'", "")
+
+
+def _layer_macs(model: nn.Module, features: int) -> dict[str, int]:
+    """MACs of each conv/linear layer for MAC_FRAMES input frames, by module path."""
+    macs, hooks = {}, []
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Linear)):
+            def hook(mod, _inputs, output, name=name):
+                per_output = mod.in_features if isinstance(mod, nn.Linear) else mod.weight[0].numel()
+                macs[name] = int(output.numel()) * per_output
+            hooks.append(module.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, features, MAC_FRAMES))
+    finally:
+        for handle in hooks:
+            handle.remove()
+    return macs
+
+
+def _compiled(program_path: Path, threads: int, dynamic: bool):
+    _require_compiler()
+    import torch._inductor.config as inductor_config
+    import torchao.quantization.pt2e  # noqa: F401  (registers the quantized_decomposed ops)
+
+    torch.set_num_threads(threads)
+    inductor_config.freezing = True  # constant weights: lets Inductor pre-pack INT8 convs for oneDNN
+    if not dynamic:  # past the recompile limit Dynamo would silently run the graph uncompiled
+        torch._dynamo.config.recompile_limit = 1 << 16
+        torch._dynamo.config.accumulated_recompile_limit = 1 << 16
+    program = torch.export.load(program_path)
+    return torch.compile(program.module(), dynamic=dynamic)
+
+
+def _require_compiler() -> None:
+    if shutil.which("gcc") is None and shutil.which("cc") is None:
+        raise BackendUnavailableError(
+            "the pt2e backend compiles its kernels with torch.compile, which needs a C compiler: "
+            "apt-get install gcc"
+        )

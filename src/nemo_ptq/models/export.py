@@ -1,0 +1,150 @@
+"""ONNX export of the FP32 model, shared by the ONNX Runtime and OpenVINO backends.
+
+The exported graph maps features [1, feature_dim, frames] -> log-probs [1, frames', vocab + 1]
+with a dynamic time axis. For `FusedCTC` the QuantStub/DeQuantStub are identities in FP32; for
+`NemoCTC` NeMo's masking is already off. Besides the graph, a deployment needs the vocabulary
+(`tokens.txt`, sherpa-onnx style) and the feature settings (ONNX `metadata_props`), taken from
+the model card.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from nemo_ptq.errors import UnsupportedModelError
+
+INPUT = "features"
+OUTPUT = "log_probs"
+OPSET = 17
+BLANK_TOKEN = "<blk>"
+# Ops whose weight is a constant: the layers whose precision decides speed and size.
+WEIGHT_OPS = ("Conv", "MatMul", "Gemm")
+MAX_FRAMES = 1 << 14  # longest input (feature frames, 164 s at 10 ms) an exported graph must take
+
+
+def feature_dim(module: nn.Module, card: Mapping[str, Any] | None = None) -> int:
+    """Input feature channels: from the card if present, else from the model itself."""
+    if card and card.get("feature_dim"):
+        return int(card["feature_dim"])
+    encoder = getattr(module, "encoder", None)
+    if encoder is not None and hasattr(encoder, "_feat_in"):
+        return int(encoder._feat_in)
+    first_conv = next((m for m in module.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d))), None)
+    if first_conv is None:
+        raise UnsupportedModelError(f"cannot tell the feature dimension of {type(module).__name__}: add it to the card")
+    return first_conv.in_channels
+
+
+def grow_length_caches(module: nn.Module, frames: int = MAX_FRAMES) -> None:
+    """NeMo's ConvASREncoder caches arange(max length) for its squeeze-excite masks and grows it
+    only in Python; a graph traced on a short example keeps the short cache and fails on longer
+    inputs. Grow it to `frames` before tracing (harmless for models without one)."""
+    encoder = getattr(module, "encoder", None)
+    if hasattr(encoder, "update_max_sequence_length"):
+        encoder.update_max_sequence_length(seq_length=frames, device=torch.device("cpu"))
+
+
+def export_onnx(module: nn.Module, path: Path, features: int, example_frames: int = 200) -> Path:
+    """Export to ONNX (TorchScript exporter: the dynamo one needs onnxscript, not installed)."""
+    grow_length_caches(module)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    example = torch.randn(1, features, example_frames)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module.eval(), (example,), str(path), dynamo=False, opset_version=OPSET,
+            input_names=[INPUT], output_names=[OUTPUT],
+            dynamic_axes={INPUT: {2: "frames"}, OUTPUT: {1: "out_frames"}},
+        )
+    model = onnx.load(str(path))
+    _inline_shared_initializers(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def _inline_shared_initializers(model: onnx.ModelProto) -> None:
+    """The exporter stores equal constants once and feeds the copies through Identity nodes;
+    quantizers then see a computed bias instead of an initializer and skip that conv."""
+    initializers = {init.name: init for init in model.graph.initializer}
+    graph_outputs = {out.name for out in model.graph.output}
+    for node in list(model.graph.node):
+        if node.op_type == "Identity" and node.input[0] in initializers and node.output[0] not in graph_outputs:
+            copy = onnx.TensorProto()
+            copy.CopyFrom(initializers[node.input[0]])
+            copy.name = node.output[0]
+            model.graph.initializer.append(copy)
+            model.graph.node.remove(node)
+
+
+def weight_layer_macs(model: onnx.ModelProto, features: int, frames: int = 1000) -> dict[str, int]:
+    """Multiply-accumulates of each Conv/MatMul/Gemm with a constant weight for `frames` input
+    frames. Output shapes come from one FP32 ONNX Runtime pass: ONNX shape inference loses them in
+    attention graphs (relative positions, dynamic reshapes)."""
+    import onnxruntime
+
+    weights = {init.name: list(init.dims) for init in model.graph.initializer}
+    layers = [n for n in model.graph.node
+              if n.op_type in WEIGHT_OPS and len(n.input) > 1 and n.input[1] in weights]
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    del probe.graph.output[:]
+    for node in layers:
+        probe.graph.output.append(onnx.helper.make_tensor_value_info(node.output[0], onnx.TensorProto.FLOAT, None))
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every output
+    session = onnxruntime.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    outputs = session.run(None, {INPUT: np.zeros((1, features, frames), dtype=np.float32)})
+    macs = {}
+    for node, output in zip(layers, outputs):
+        weight = weights[node.input[1]]
+        if node.op_type == "Conv":  # (in channels / groups) x kernel per output element
+            per_output = int(np.prod(weight[1:]))
+        elif node.op_type == "Gemm" and any(a.name == "transB" and a.i == 1 for a in node.attribute):
+            per_output = weight[1]
+        else:  # MatMul / Gemm weight [in, out]
+            per_output = weight[0]
+        macs[node.name] = int(output.size) * per_output
+    return macs
+
+
+def deployment_metadata(card: Mapping[str, Any]) -> dict[str, str]:
+    """What a runtime needs besides the graph to turn audio into text (from the model card)."""
+    vocabulary = list(card.get("vocabulary", []))
+    meta = {
+        "model_type": str(card.get("class", "EncDecCTCModel")),
+        "vocab_size": str(len(vocabulary) + 1),  # including the CTC blank
+        "blank_id": str(card.get("blank_id", len(vocabulary))),
+        "tokenizer": str(card.get("tokenizer", "")),
+        "subsampling_factor": str(card.get("subsampling_factor", "")),
+        "sample_rate": str(card.get("sample_rate", "")),
+        "feature_dim": str(card.get("feature_dim", "")),
+        "input_layout": "features[1, feature_dim, frames] log-mel, output log_probs[1, frames', vocab_size]",
+    }
+    # Feature-extractor settings, when the card carries NeMo's preprocessor config.
+    for key, value in dict(card.get("preprocessor", {})).items():
+        if key != "_target_":
+            meta[f"preprocessor.{key}"] = str(value)
+    return {key: value for key, value in meta.items() if value != ""}
+
+
+def add_metadata(model: onnx.ModelProto, metadata: Mapping[str, str]) -> None:
+    del model.metadata_props[:]
+    for key, value in metadata.items():
+        model.metadata_props.add(key=key, value=value)
+
+
+def write_tokens(path: Path, card: Mapping[str, Any]) -> None:
+    """sherpa-onnx style `<token> <id>` lines; the blank is the last id. Spaces become `▁`."""
+    vocabulary = [token.replace(" ", "\u2581") for token in card.get("vocabulary", [])]
+    lines = [f"{token} {i}" for i, token in enumerate(vocabulary)]
+    lines.append(f"{BLANK_TOKEN} {int(card.get('blank_id', len(vocabulary)))}")
+    Path(path).write_text("\n".join(lines) + "\n")

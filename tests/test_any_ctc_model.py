@@ -1,0 +1,135 @@
+"""Export-based backends on NeMo CTC models that are not QuartzNet: a small Citrinet (squeeze-excite,
+strided residuals, BPE vocabulary) and a small Conformer-CTC (attention, LayerNorm, conv module),
+both with random weights, wrapped as `NemoCTC` the way the fuse stage hands them on."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from nemo_ptq.backends import get_backend
+from nemo_ptq.errors import UnsupportedModelError
+
+FEATURES = 80
+CALIBRATION = {"num_utterances": 3, "seed": 0}
+# Conformer: quantizing its residual/positional adds costs far more accuracy than it saves time.
+CONFORMER_ORT = {"op_types_to_quantize": ["Conv", "MatMul", "Gemm"]}
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory):
+    from nemo_ptq.models.architectures_other import train_tokenizer
+
+    return train_tokenizer(tmp_path_factory.mktemp("tokenizer"))
+
+
+def _wrapped(cfg):
+    from nemo_ptq.models.architectures_other import build_bpe_ctc
+    from nemo_ptq.models.fp32 import NemoCTC
+    from nemo_ptq.models.loading import ModelSource, describe
+
+    model = build_bpe_ctc(cfg)
+    return model, NemoCTC(model).eval(), describe(model, ModelSource("arch", "test")).to_json()
+
+
+@pytest.fixture(scope="module")
+def citrinet(tokenizer_dir):
+    from nemo_ptq.models.architectures_other import citrinet_config
+
+    return _wrapped(citrinet_config(tokenizer_dir, features=FEATURES))
+
+
+@pytest.fixture(scope="module")
+def conformer(tokenizer_dir):
+    from nemo_ptq.models.architectures_other import conformer_config
+
+    return _wrapped(conformer_config(tokenizer_dir, features=FEATURES))
+
+
+def _features(count: int, frames: int, seed: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal((FEATURES, frames)).astype(np.float32) for _ in range(count)]
+
+
+def _quantize_and_run(tmp_path, wrapped, card, entry):
+    backend = get_backend("v", {**entry, "calibration": CALIBRATION}, card)
+    backend.calibrate(wrapped, iter(_features(3, 240, seed=0)), tmp_path / "cal")
+    backend.quantize(wrapped, tmp_path / "cal", tmp_path / "q")
+    features = _features(1, 400, seed=5)[0][None]
+    with torch.inference_mode():
+        reference = wrapped(torch.from_numpy(features)).numpy()
+    return backend, backend.load(tmp_path / "q", threads=1)(features), reference
+
+
+def _check_output(log_probs, reference, card):
+    frames = 400 // card["subsampling_factor"]
+    assert log_probs.shape == reference.shape == (1, frames, len(card["vocabulary"]) + 1)
+    assert np.allclose(np.exp(log_probs).sum(-1), 1.0, atol=1e-3)
+    agreement = (log_probs.argmax(-1) == reference.argmax(-1)).mean()
+    assert agreement >= 0.9, f"argmax agrees with FP32 on {agreement:.0%} of frames"
+    assert np.abs(log_probs - reference).max() < 1.0
+
+
+def test_neither_model_has_the_eager_rewrite(citrinet, conformer):
+    from nemo_ptq.models.fused import rewrite
+
+    for model, _, card in (citrinet, conformer):
+        assert card["tokenizer"] == "bpe"
+        with pytest.raises(UnsupportedModelError):
+            rewrite(model)
+
+
+@pytest.mark.parametrize("backend", ["ort", "ov"])
+def test_citrinet_all_convs_int8(tmp_path, citrinet, backend):
+    _, wrapped, card = citrinet
+    assert card["subsampling_factor"] == 8
+    quantizer, log_probs, reference = _quantize_and_run(tmp_path, wrapped, card, {"backend": backend})
+    _check_output(log_probs, reference, card)
+    info = quantizer.describe(tmp_path / "q")
+    convs = {name: p for name, p in info.layer_precisions.items() if name.endswith("/Conv")}
+    assert len(convs) == sum(isinstance(m, torch.nn.Conv1d) for m in wrapped.modules())
+    assert set(convs.values()) == {"int8"}
+    # The squeeze-excite MLPs (MatMul) are tiny but quantized too; by MACs everything is INT8.
+    assert info.int8_mac_fraction == pytest.approx(1.0, abs=1e-3)
+
+
+def test_conformer_ort_keeps_softmax_layernorm_and_attention_products_float(tmp_path, conformer):
+    import onnxruntime
+
+    _, wrapped, card = conformer
+    entry = {"backend": "ort", **CONFORMER_ORT}
+    quantizer, log_probs, reference = _quantize_and_run(tmp_path, wrapped, card, entry)
+    _check_output(log_probs, reference, card)
+    info = quantizer.describe(tmp_path / "q")
+    assert info.int8_conv_fraction == 1.0  # every Conv and every weight MatMul
+
+    options = onnxruntime.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    options.log_severity_level = 3
+    onnxruntime.InferenceSession(str(tmp_path / "q" / "model.onnx"), options, providers=["CPUExecutionProvider"])
+    ops = [node.op_type for node in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
+    assert "Softmax" in ops and "LayerNormalization" in ops and "QLinearSoftmax" not in ops
+    assert ops.count("MatMul") >= 4  # Q.K^T and attention x V, two layers: float
+
+
+def test_conformer_ov_reports_what_stays_float(tmp_path, conformer):
+    _, wrapped, card = conformer
+    quantizer, log_probs, reference = _quantize_and_run(tmp_path, wrapped, card, {"backend": "ov"})
+    _check_output(log_probs, reference, card)
+    precisions = quantizer.describe(tmp_path / "q").layer_precisions
+    floats = {name for name, p in precisions.items() if p != "int8"}
+    # NNCF leaves the relative-position projection (input: a constant table) in float.
+    assert floats == {f"/encoder/layers.{i}/self_attn/linear_pos/MatMul" for i in range(2)}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["citrinet", "conformer"])
+def test_pt2e_static_shapes(tmp_path, request, model):
+    """PT2E on non-QuartzNet models compiles with static shapes only (Inductor's INT8 lowering
+    fails on these graphs with dynamic shapes), which recompiles per input length: slow."""
+    _, wrapped, card = request.getfixturevalue(model)
+    quantizer, log_probs, reference = _quantize_and_run(tmp_path, wrapped, card, {"backend": "pt2e", "dynamic": False})
+    _check_output(log_probs, reference, card)
+    assert quantizer.describe(tmp_path / "q").int8_conv_fraction > 0.9

@@ -1,0 +1,179 @@
+"""Export-based backends (ort, pt2e, ov) on the tiny QuartzNet rewrite: they run, agree with FP32,
+put the convs they claim into INT8, write deployable files, and reject bad configs by name."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from nemo_ptq.backends import get_backend
+from nemo_ptq.errors import BackendUnavailableError, ConfigError
+from nemo_ptq.models import export
+from nemo_ptq.models.architectures import QUARTZNET_VOCABULARY
+
+CARD = {
+    "class": "EncDecCTCModel", "vocabulary": list(QUARTZNET_VOCABULARY), "blank_id": len(QUARTZNET_VOCABULARY),
+    "tokenizer": "char", "sample_rate": 16000, "feature_dim": 64, "subsampling_factor": 2,
+    "preprocessor": {"window_size": 0.02, "window_stride": 0.01, "normalize": "per_feature"},
+}
+CALIBRATION = {"num_utterances": 4, "seed": 0}
+
+
+def _features(count: int, frames: int, seed: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal((64, frames)).astype(np.float32) for _ in range(count)]
+
+
+def _build(tmp_path, fused, entry: dict, name: str = "v"):
+    backend = get_backend(name, entry, CARD)
+    calibration = getattr(backend.config, "calibration", None)
+    backend.calibrate(fused, iter(_features(calibration.num_utterances, 200, seed=0) if calibration else []),
+                      tmp_path / "cal")
+    backend.quantize(fused, tmp_path / "cal", tmp_path / "q")
+    return backend, tmp_path / "q"
+
+
+@pytest.fixture(scope="module")
+def probe(tiny_fused):
+    features = _features(1, 400, seed=7)[0][None]
+    with torch.inference_mode():
+        return features, tiny_fused(torch.from_numpy(features)).numpy()
+
+
+def _agreement(log_probs: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
+    """Frame argmax agreement, and signal-to-noise ratio (dB) of the log-probs around each frame's
+    mean (a random-weight model's near-uniform outputs make argmax flip on near-ties)."""
+    centred = reference - reference.mean(-1, keepdims=True)
+    error = (log_probs - log_probs.mean(-1, keepdims=True)) - centred
+    snr = 10 * np.log10((centred ** 2).sum() / max((error ** 2).sum(), 1e-30))
+    return float((log_probs.argmax(-1) == reference.argmax(-1)).mean()), float(snr)
+
+
+# variant entry, expected INT8 share of the convs (by count and by MACs)
+CASES = {
+    "ort_int8": ({"backend": "ort", "calibration": CALIBRATION}, 1.0),
+    "ort_int8_entropy": ({"backend": "ort", "calibration": {**CALIBRATION, "method": "entropy"}}, 1.0),
+    "ort_fp32": ({"backend": "ort", "precision": "fp32"}, 0.0),
+    "pt2e": ({"backend": "pt2e", "calibration": CALIBRATION}, 1.0),
+    "ov_int8": ({"backend": "ov", "calibration": CALIBRATION}, 1.0),
+    "ov_fp32": ({"backend": "ov", "precision": "fp32", "inference_precision": "f32"}, 0.0),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_backend_runs_close_to_fp32_with_expected_int8_coverage(tmp_path, tiny_fused, probe, case):
+    entry, int8_share = CASES[case]
+    backend, artifact = _build(tmp_path, tiny_fused, entry)
+    features, reference = probe
+    log_probs = backend.load(artifact, threads=1)(features)
+    assert log_probs.shape == reference.shape
+    argmax, snr = _agreement(log_probs, reference)
+    if int8_share == 0.0:  # float runtimes: the same function up to float rounding
+        assert np.abs(log_probs - reference).max() < 1e-3
+    else:
+        assert argmax >= 0.8 and snr >= 25.0, f"{case}: argmax {argmax:.3f}, SNR {snr:.1f} dB"
+    info = backend.describe(artifact)
+    assert info.int8_conv_fraction == pytest.approx(int8_share)
+    assert info.int8_mac_fraction == pytest.approx(int8_share)
+    assert len(info.layer_precisions) == 31  # 30 encoder convs + the decoder, every one accounted for
+
+
+def test_ort_int8_model_is_plain_onnx_that_reproduces_the_runner(tmp_path, tiny_fused, probe):
+    import onnxruntime
+
+    backend, artifact = _build(tmp_path, tiny_fused, CASES["ort_int8"][0])
+    features, _ = probe
+    session = onnxruntime.InferenceSession(str(artifact / "model.onnx"), providers=["CPUExecutionProvider"])
+    plain = session.run(None, {session.get_inputs()[0].name: features})[0]
+    assert np.array_equal(plain, backend.load(artifact, threads=1)(features))
+
+    model = onnx.load(str(artifact / "model.onnx"))
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    produced_by = {out: n.op_type for n in model.graph.node for out in n.output}
+    assert all(produced_by.get(c.input[0]) == "DequantizeLinear" and produced_by.get(c.input[1]) == "DequantizeLinear"
+               for c in convs), "every Conv should read a dequantized input and weight (QDQ)"
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert meta["vocab_size"] == str(len(QUARTZNET_VOCABULARY) + 1)
+    assert meta["blank_id"] == str(len(QUARTZNET_VOCABULARY))
+    assert meta["preprocessor.window_stride"] == "0.01" and meta["sample_rate"] == "16000"
+    tokens = (artifact / "tokens.txt").read_text().splitlines()
+    assert tokens[0] == "\u2581 0" and tokens[-1] == f"<blk> {len(QUARTZNET_VOCABULARY)}"
+
+
+def test_ort_quantize_applies_the_saved_ranges(tmp_path, tiny_fused, probe):
+    """Quantizing with ranges from larger calibration inputs changes the model: quantize really
+    uses what calibrate saved and does not recalibrate."""
+    backend = get_backend("v", {"backend": "ort", "calibration": CALIBRATION}, CARD)
+    backend.calibrate(tiny_fused, iter(_features(4, 200, seed=0)), tmp_path / "cal")
+    backend.calibrate(tiny_fused, iter([f * 4 for f in _features(4, 200, seed=0)]), tmp_path / "cal_wide")
+    backend.quantize(tiny_fused, tmp_path / "cal", tmp_path / "q")
+    backend.quantize(tiny_fused, tmp_path / "cal_wide", tmp_path / "q_wide")
+    features, _ = probe
+    narrow = backend.load(tmp_path / "q", 1)(features)
+    wide = backend.load(tmp_path / "q_wide", 1)(features)
+    assert not np.array_equal(narrow, wide)
+    ranges = json.loads((tmp_path / "cal" / "ranges.json").read_text())
+    assert "features" in json.dumps(ranges)
+
+
+def test_ort_rejects_ranges_from_another_model(tmp_path, tiny_fused):
+    backend = get_backend("v", {"backend": "ort", "calibration": CALIBRATION}, CARD)
+    backend.calibrate(tiny_fused, iter(_features(4, 200, seed=0)), tmp_path / "cal")
+    path = tmp_path / "cal" / "ranges.json"
+    path.write_text(path.read_text().replace("/blocks.1/", "/other.1/"))
+    with pytest.raises(ConfigError, match="re-run the calibrate stage"):
+        backend.quantize(tiny_fused, tmp_path / "cal", tmp_path / "q")
+
+
+def test_ort_defaults_peer_leaves_convs_in_float(tmp_path, tiny_fused):
+    """quantize_static's defaults (S8S8 per-tensor, no pre-processing) leave Relu-followed convs as
+    DQ -> FP32 Conv -> Q in ORT's optimized graph: describe() reports what really runs."""
+    backend, artifact = _build(tmp_path, tiny_fused, {"backend": "ort", "preset": "ort_defaults",
+                                                      "calibration": CALIBRATION})
+    info = backend.describe(artifact)
+    assert 0.0 < info.int8_conv_fraction < 1.0
+    assert backend.config.activation_type == "s8" and backend.config.per_channel is False
+
+
+def test_ov_read_model_leaves_depthwise_convs_in_float(tmp_path, tiny_fused):
+    """With core.read_model the depthwise weights sit behind a Reshape; NNCF leaves those convs float."""
+    backend, artifact = _build(tmp_path, tiny_fused, {"backend": "ov", "loader": "read_model",
+                                                      "calibration": CALIBRATION})
+    precisions = backend.describe(artifact).layer_precisions
+    depthwise = _depthwise_convs(tiny_fused, tmp_path)
+    assert depthwise and all(precisions[name] != "int8" for name in depthwise)
+    assert all(precisions[name] == "int8" for name in set(precisions) - depthwise)
+
+
+def _depthwise_convs(fused, tmp_path) -> set[str]:
+    """Names of the depthwise Conv nodes (group > 1) in the FP32 ONNX export."""
+    model = onnx.load(str(export.export_onnx(fused, tmp_path / "fp32.onnx", 64)))
+    return {n.name for n in model.graph.node
+            if n.op_type == "Conv" and any(a.name == "group" and a.i > 1 for a in n.attribute)}
+
+
+def test_pt2e_needs_a_compiler(tmp_path, tiny_fused, monkeypatch):
+    backend = get_backend("v", {"backend": "pt2e"}, CARD)
+    monkeypatch.setattr("shutil.which", lambda _name: None)
+    with pytest.raises(BackendUnavailableError, match="apt-get install gcc"):
+        backend.load(tmp_path, threads=1)
+
+
+@pytest.mark.parametrize("entry, message", [
+    ({"backend": "ort", "precision": "int4"}, "choose one of: int8, fp32"),
+    ({"backend": "ort", "preset": "avx9"}, "choose one of: avx512_vnni, avx2, ort_defaults"),
+    ({"backend": "ort", "activation_type": "u16"}, "choose one of: u8, s8"),
+    ({"backend": "ort", "calibration": {"method": "mse"}}, "choose one of: minmax, entropy, percentile"),
+    ({"backend": "ort", "calibration": {"percentile": 10}}, r"percentile must be in \(50, 100\]"),
+    ({"backend": "ort", "per_chanel": True}, "valid keys: precision, preset"),
+    ({"backend": "ov", "inference_precision": "fp16"}, "choose one of: f32, bf16, plugin_default"),
+    ({"backend": "ov", "loader": "load"}, "choose one of: convert_model, read_model"),
+    ({"backend": "pt2e", "conv2d_form": "yes"}, "conv2d_form must be true or false"),
+])
+def test_config_errors_name_the_valid_choices(entry, message):
+    with pytest.raises(ConfigError, match=message):
+        get_backend("v", entry, CARD)
