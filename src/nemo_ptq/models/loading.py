@@ -105,6 +105,7 @@ class ModelCard:
     sample_rate: int
     feature_dim: int
     subsampling_factor: int
+    preprocessor: dict[str, Any]  # feature settings a standalone runtime must reproduce
     trained: bool
     notes: str = ""
 
@@ -142,9 +143,21 @@ def describe(model: Any, source: ModelSource) -> ModelCard:
         sample_rate=int(cfg.preprocessor.get("sample_rate", cfg.get("sample_rate", 16000))),
         feature_dim=int(cfg.preprocessor.get("features", cfg.preprocessor.get("nfilt", 64))),
         subsampling_factor=_subsampling_factor(model),
+        preprocessor=_preprocessor_settings(cfg.preprocessor),
         trained=trained,
         notes="" if trained else "random weights from a built-in config: use for speed and size, not WER",
     )
+
+
+PREPROCESSOR_KEYS = ("window_size", "window_stride", "window", "n_fft", "features", "normalize", "dither",
+                     "preemph", "log", "pad_to", "frame_splicing", "mag_power", "log_zero_guard_type")
+
+
+def _preprocessor_settings(cfg: Any) -> dict[str, Any]:
+    from omegaconf import OmegaConf
+
+    settings = OmegaConf.to_container(cfg, resolve=True)
+    return {key: settings[key] for key in PREPROCESSOR_KEYS if key in settings}
 
 
 def _subsampling_factor(model: Any) -> int:
