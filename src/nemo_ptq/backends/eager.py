@@ -20,6 +20,7 @@ from torch import nn
 from torch.ao import quantization as tq
 
 from nemo_ptq.backends.base import ArtifactInfo, Backend, register
+from nemo_ptq.backends.calibration import CalibrationSample
 from nemo_ptq.errors import BackendUnavailableError, UnsupportedModelError
 from nemo_ptq.models.fused import SPEC_FILE, ConvUnit, FusedCTC, FusedSpec, conv_layers
 
@@ -35,21 +36,18 @@ MODEL = "model.int8.pt"
 
 
 @dataclass(frozen=True)
-class EagerCalibration:
-    num_utterances: int = 32
-    seed: int = 0
+class EagerCalibration(CalibrationSample):
     observer: str = "histogram"  # activation observer: minmax | moving_average_minmax | histogram
     per_channel: bool = True  # weights: per output channel (symmetric) or per tensor
     reduce_range: bool = False  # 7-bit activations, for CPUs without VNNI (overflow safety)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.observer not in OBSERVERS:
             raise ValueError(f"unknown observer {self.observer!r}; choose one of: {', '.join(OBSERVERS)}")
         for name in ("per_channel", "reduce_range"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false")
-        if not isinstance(self.num_utterances, int) or self.num_utterances < 1:
-            raise ValueError(f"num_utterances must be an integer >= 1, got {self.num_utterances!r}")
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ import onnx
 from torch import nn
 
 from nemo_ptq.backends.base import ArtifactInfo, Backend, register
+from nemo_ptq.backends.calibration import CalibrationSample
 from nemo_ptq.errors import ConfigError
 from nemo_ptq.models import export
 
@@ -56,17 +57,14 @@ INT8_OPS = {"QLinearConv", "ConvInteger", "QLinearMatMul", "MatMulInteger", "Mat
 
 
 @dataclass(frozen=True)
-class OrtCalibration:
-    num_utterances: int = 32
-    seed: int = 0
+class OrtCalibration(CalibrationSample):
     method: str = "minmax"  # minmax | entropy | percentile (ORT's calibrators)
     percentile: float = 99.999  # for method: percentile
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.method not in METHODS:
             raise ValueError(f"unknown calibration method {self.method!r}; choose one of: {', '.join(METHODS)}")
-        if not isinstance(self.num_utterances, int) or self.num_utterances < 1:
-            raise ValueError(f"num_utterances must be an integer >= 1, got {self.num_utterances!r}")
         if not 50.0 < float(self.percentile) <= 100.0:
             raise ValueError(f"percentile must be in (50, 100], got {self.percentile}")
 

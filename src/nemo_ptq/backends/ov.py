@@ -26,6 +26,7 @@ import onnx
 from torch import nn
 
 from nemo_ptq.backends.base import ArtifactInfo, Backend, register
+from nemo_ptq.backends.calibration import CalibrationSample
 from nemo_ptq.errors import ConfigError
 from nemo_ptq.models import export
 
@@ -42,22 +43,12 @@ WEIGHT_LAYER_TYPES = {"Convolution", "GroupConvolution", "FullyConnected", "MatM
 
 
 @dataclass(frozen=True)
-class OvCalibration:
-    num_utterances: int = 32
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.num_utterances, int) or self.num_utterances < 1:
-            raise ValueError(f"num_utterances must be an integer >= 1, got {self.num_utterances!r}")
-
-
-@dataclass(frozen=True)
 class OvConfig:
     precision: str = "int8"  # int8 (NNCF) | fp32 (the FP32 IR, no calibration)
     inference_precision: str = "f32"  # f32 | bf16 | plugin_default (leave the hint unset: bf16 here)
     loader: str = "convert_model"  # convert_model | read_model (read_model: depthwise convs stay float)
     preset: str = "performance"  # NNCF preset: performance (symmetric) | mixed (asymmetric activations)
-    calibration: OvCalibration = field(default_factory=OvCalibration)
+    calibration: CalibrationSample = field(default_factory=CalibrationSample)
 
     def __post_init__(self) -> None:
         for key, valid in (("precision", PRECISIONS), ("inference_precision", INFERENCE_PRECISIONS),

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from nemo_ptq.backends.base import ArtifactInfo, Backend, register
+from nemo_ptq.backends.calibration import CalibrationSample
 from nemo_ptq.errors import BackendUnavailableError, ConfigError
 from nemo_ptq.models.export import feature_dim, grow_length_caches
 
@@ -36,16 +37,6 @@ MAC_FRAMES = 1000
 
 
 @dataclass(frozen=True)
-class Pt2eCalibration:
-    num_utterances: int = 32
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.num_utterances, int) or self.num_utterances < 1:
-            raise ValueError(f"num_utterances must be an integer >= 1, got {self.num_utterances!r}")
-
-
-@dataclass(frozen=True)
 class Pt2eConfig:
     # X86InductorQuantizer's static config: HistogramObserver activations (u8), per-channel s8 weights.
     reduce_range: bool = False  # 7-bit activations, for CPUs without VNNI
@@ -54,7 +45,7 @@ class Pt2eConfig:
     # compiles again, seconds each) whose kernels run about 2x faster on QuartzNet 15x5; also the
     # only mode in which Inductor's INT8 lowering works on Citrinet and Conformer graphs.
     dynamic: bool = True
-    calibration: Pt2eCalibration = field(default_factory=Pt2eCalibration)
+    calibration: CalibrationSample = field(default_factory=CalibrationSample)
 
     def __post_init__(self) -> None:
         for name in ("reduce_range", "conv2d_form", "dynamic"):
