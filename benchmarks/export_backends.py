@@ -1,4 +1,4 @@
-"""Latency of the export-based backends against NeMo's FP32 eager forward, in one process.
+"""Latency of the eager onednn and export-based backends against NeMo's FP32 eager forward, in one process.
 
 Random-weight QuartzNet (default 15x5) rewritten to FusedCTC; every variant is calibrated on
 random features (speed and coverage only: accuracy needs a trained model and real speech),
@@ -26,6 +26,7 @@ import torch
 from nemo_ptq.cli import quiet_environment
 
 VARIANTS = {
+    "Eager INT8 onednn (histogram)": {"backend": "eager", "engine": "onednn"},
     "ORT FP32": {"backend": "ort", "precision": "fp32"},
     "ORT INT8 (avx512_vnni, minmax)": {"backend": "ort", "preset": "avx512_vnni"},
     "ORT INT8 quantize_static defaults": {"backend": "ort", "preset": "ort_defaults"},
