@@ -4,11 +4,9 @@ Reads params.yaml `variants.<variant>`; writes the artifact and variant.json to 
 """
 
 import argparse
-import json
 from pathlib import Path
 
 from nemo_ptq.cli import run_stage, stage_outputs
-from nemo_ptq.params import load_section
 
 
 def main() -> None:
@@ -21,12 +19,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
 
-    from nemo_ptq.backends import get_backend
+    from nemo_ptq.backends import backend_for_variant
     from nemo_ptq.models.fp32 import load_fp32
 
-    variants = load_section("variants", args.params)
-    card = json.loads((args.model / "card.json").read_text())
-    backend = get_backend(args.variant, variants.get(args.variant), card)
+    backend = backend_for_variant(args.variant, args.params, args.model)
     with stage_outputs(args.out):
         backend.quantize(load_fp32(args.fused, args.model), args.calibration, args.out)
         info = backend.describe(args.out)

@@ -6,7 +6,9 @@ and a variant entry in params.yaml.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from nemo_ptq.backends import eager  # noqa: F401  (registers itself)
@@ -26,3 +28,11 @@ def get_backend(variant: str, entry: Mapping[str, Any] | None, card: Mapping[str
     if name not in backends:
         raise ConfigError(f"variants.{variant}: unknown backend {name!r}; choose one of: {', '.join(backends)}")
     return backends[name].from_params(variant, entry, card)
+
+
+def backend_for_variant(variant: str, params_path: Path, model_dir: Path) -> Backend:
+    """What the calibrate and quantize stages start from: params.yaml's entry plus the model card."""
+    from nemo_ptq.params import load_section
+
+    card = json.loads((Path(model_dir) / "card.json").read_text())
+    return get_backend(variant, load_section("variants", params_path).get(variant), card)

@@ -25,20 +25,19 @@ class ErrorCounts:
 
 
 def word_errors(references: Sequence[str], hypotheses: Sequence[str]) -> ErrorCounts:
-    _check_lengths(references, hypotheses)
-    if not references:
-        return ErrorCounts(0, 0)
-    out = jiwer.process_words(list(references), list(hypotheses))
-    return ErrorCounts(
-        out.substitutions + out.deletions + out.insertions, out.substitutions + out.deletions + out.hits
-    )
+    return _errors(jiwer.process_words, references, hypotheses)
 
 
 def char_errors(references: Sequence[str], hypotheses: Sequence[str]) -> ErrorCounts:
+    return _errors(jiwer.process_characters, references, hypotheses)
+
+
+def _errors(process, references: Sequence[str], hypotheses: Sequence[str]) -> ErrorCounts:
+    """Corpus totals from a jiwer alignment (words or characters)."""
     _check_lengths(references, hypotheses)
     if not references:
         return ErrorCounts(0, 0)
-    out = jiwer.process_characters(list(references), list(hypotheses))
+    out = process(list(references), list(hypotheses))
     return ErrorCounts(
         out.substitutions + out.deletions + out.insertions, out.substitutions + out.deletions + out.hits
     )
