@@ -88,8 +88,13 @@ def test_ort_int8_model_is_plain_onnx_that_reproduces_the_runner(tmp_path, tiny_
     backend, artifact = _build(tmp_path, tiny_fused, CASES["ort_int8"][0])
     features, _ = probe
     session = onnxruntime.InferenceSession(str(artifact / "model.onnx"), providers=["CPUExecutionProvider"])
-    plain = session.run(None, {session.get_inputs()[0].name: features})[0]
-    assert np.array_equal(plain, backend.load(artifact, threads=1)(features))
+    # sherpa-onnx's NeMo CTC signature: features [N, C, T] then lengths [N] int64, by position.
+    inputs = session.get_inputs()
+    assert [(i.name, i.type) for i in inputs] == [("audio_signal", "tensor(float)"), ("length", "tensor(int64)")]
+    batch = np.concatenate([features, features])
+    plain = session.run(None, {inputs[0].name: batch, inputs[1].name: np.full(2, batch.shape[-1], np.int64)})[0]
+    runner = backend.load(artifact, threads=1)(features)
+    assert np.array_equal(plain[:1], runner) and np.array_equal(plain[1:], runner)
 
     model = onnx.load(str(artifact / "model.onnx"))
     convs = [n for n in model.graph.node if n.op_type == "Conv"]
@@ -98,6 +103,7 @@ def test_ort_int8_model_is_plain_onnx_that_reproduces_the_runner(tmp_path, tiny_
                for c in convs), "every Conv should read a dequantized input and weight (QDQ)"
     meta = {p.key: p.value for p in model.metadata_props}
     assert meta["vocab_size"] == str(len(QUARTZNET_VOCABULARY) + 1)
+    assert meta["subsampling_factor"] == "2" and meta["normalize_type"] == "per_feature"
     assert meta["blank_id"] == str(len(QUARTZNET_VOCABULARY))
     assert meta["preprocessor.window_stride"] == "0.01" and meta["sample_rate"] == "16000"
     tokens = (artifact / "tokens.txt").read_text().splitlines()
@@ -117,7 +123,7 @@ def test_ort_quantize_applies_the_saved_ranges(tmp_path, tiny_fused, probe):
     wide = backend.load(tmp_path / "q_wide", 1)(features)
     assert not np.array_equal(narrow, wide)
     ranges = json.loads((tmp_path / "cal" / "ranges.json").read_text())
-    assert "features" in json.dumps(ranges)
+    assert "audio_signal" in json.dumps(ranges)
 
 
 def test_ort_rejects_ranges_from_another_model(tmp_path, tiny_fused):

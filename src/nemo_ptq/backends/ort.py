@@ -4,7 +4,7 @@ calibrate: export to ONNX, run ORT's calibrator (MinMax, Entropy or Percentile) 
 calibration features one utterance at a time, save the ranges (ORT's own JSON format).
 quantize:  export again (deterministic, same tensor names), apply THOSE ranges through
 `quantize_static(calibration_cache_path=...)` without re-running calibration, and write a
-deployable folder: model.onnx (with metadata_props), tokens.txt.
+deployable folder: model.onnx (sherpa-onnx's NeMo CTC signature and metadata_props), tokens.txt.
 
 Presets are named by the CPU they suit: `avx512_vnni` (U8 activations, S8 per-channel weights,
 the fast path on VNNI), `avx2` (same with 7-bit ranges, against u8*s8 overflow without VNNI),
@@ -159,6 +159,7 @@ class OrtBackend(Backend):
                 model = onnx.load(str(model_fp32))
             else:
                 model = self._quantized(model_fp32, Path(calibration_dir) / RANGES, Path(tmp) / "int8.onnx")
+        export.add_length_input(model)
         export.add_metadata(model, {**export.deployment_metadata(self.card), "precision": self.config.precision})
         onnx.save(model, str(out_dir / MODEL))
         export.write_tokens(out_dir / TOKENS, self.card)
@@ -192,7 +193,7 @@ class OrtBackend(Backend):
         session = _session(Path(artifact_dir) / MODEL, threads)
 
         def run(features: np.ndarray) -> np.ndarray:
-            return session.run(None, {export.INPUT: np.ascontiguousarray(features, dtype=np.float32)})[0]
+            return session.run(None, export.deployment_feed(features))[0]
 
         return run
 

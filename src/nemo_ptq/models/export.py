@@ -1,10 +1,12 @@
 """ONNX export of the FP32 model, shared by the ONNX Runtime and OpenVINO backends.
 
-The exported graph maps features [1, feature_dim, frames] -> log-probs [1, frames', vocab + 1]
-with a dynamic time axis. For `FusedCTC` the QuantStub/DeQuantStub are identities in FP32; for
-`NemoCTC` NeMo's masking is already off. Besides the graph, a deployment needs the vocabulary
-(`tokens.txt`, sherpa-onnx style) and the feature settings (ONNX `metadata_props`), taken from
-the model card.
+The exported graph maps audio_signal [batch, feature_dim, frames] (log-mel features) ->
+logprobs [batch, frames', vocab + 1] with dynamic batch and time axes; the names are those of
+NeMo's own ONNX export. For `FusedCTC` the QuantStub/DeQuantStub are identities in FP32; for
+`NemoCTC` NeMo's masking is already off. A deployable model also takes `length` [batch] (int64)
+as its second input, as sherpa-onnx's NeMo CTC runtime feeds it; masking is off, so it is unused.
+Besides the graph, a deployment needs the vocabulary (`tokens.txt`, sherpa-onnx style) and the
+feature settings (ONNX `metadata_props`, with sherpa-onnx's keys), taken from the model card.
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ from torch import nn
 
 from nemo_ptq.errors import UnsupportedModelError
 
-INPUT = "features"
-OUTPUT = "log_probs"
+INPUT = "audio_signal"
+LENGTH = "length"
+OUTPUT = "logprobs"
 OPSET = 17
 BLANK_TOKEN = "<blk>"
 # Ops whose weight is a constant: the layers whose precision decides speed and size.
@@ -63,12 +66,27 @@ def export_onnx(module: nn.Module, path: Path, features: int, example_frames: in
         torch.onnx.export(
             module.eval(), (example,), str(path), dynamo=False, opset_version=OPSET,
             input_names=[INPUT], output_names=[OUTPUT],
-            dynamic_axes={INPUT: {2: "frames"}, OUTPUT: {1: "out_frames"}},
+            dynamic_axes={INPUT: {0: "batch", 2: "frames"}, OUTPUT: {0: "batch", 1: "out_frames"}},
         )
     model = onnx.load(str(path))
     _inline_shared_initializers(model)
     onnx.save(model, str(path))
     return path
+
+
+def add_length_input(model: onnx.ModelProto) -> None:
+    """Declare the `length` input that sherpa-onnx-style runtimes feed after the features."""
+    if any(graph_input.name == LENGTH for graph_input in model.graph.input):
+        return
+    batch = model.graph.input[0].type.tensor_type.shape.dim[0]
+    dims = [batch.dim_param or batch.dim_value]
+    model.graph.input.append(onnx.helper.make_tensor_value_info(LENGTH, onnx.TensorProto.INT64, dims))
+
+
+def deployment_feed(features: np.ndarray) -> dict[str, np.ndarray]:
+    """Inputs of a deployable graph for a batch of equal-length feature arrays."""
+    features = np.ascontiguousarray(features, dtype=np.float32)
+    return {INPUT: features, LENGTH: np.full(features.shape[0], features.shape[-1], dtype=np.int64)}
 
 
 def _inline_shared_initializers(model: onnx.ModelProto) -> None:
@@ -127,7 +145,10 @@ def deployment_metadata(card: Mapping[str, Any]) -> dict[str, str]:
         "subsampling_factor": str(card.get("subsampling_factor", "")),
         "sample_rate": str(card.get("sample_rate", "")),
         "feature_dim": str(card.get("feature_dim", "")),
-        "input_layout": "features[1, feature_dim, frames] log-mel, output log_probs[1, frames', vocab_size]",
+        # sherpa-onnx reads this key and normalizes its features accordingly.
+        "normalize_type": str(dict(card.get("preprocessor", {})).get("normalize", "")),
+        "input_layout": f"{INPUT}[batch, feature_dim, frames] float32 log-mel, {LENGTH}[batch] int64 "
+                        f"(unused: no masking); output {OUTPUT}[batch, frames', vocab_size]",
     }
     # Feature-extractor settings, when the card carries NeMo's preprocessor config.
     for key, value in dict(card.get("preprocessor", {})).items():
