@@ -101,7 +101,7 @@ class Pt2eBackend(Backend):
         _drop_unused_parameters(converted)
         features = feature_dim(fp32, self.card)
         out_dir.mkdir(parents=True, exist_ok=True)
-        torch.export.save(_export(converted, features), out_dir / PROGRAM)
+        torch.export.save(_without_debug_metadata(_export(converted, features)), out_dir / PROGRAM)
         macs = _layer_macs(Conv2dForm(fp32) if self.config.conv2d_form else fp32, features)
         layers = {"precisions": _graph_precisions(converted), "macs": macs}
         (out_dir / LAYERS).write_text(json.dumps(layers, indent=1) + "\n")
@@ -193,6 +193,18 @@ def _export(model: nn.Module, features: int) -> torch.export.ExportedProgram:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return torch.export.export(model, (example,), dynamic_shapes=({2: frames},))
+
+
+# Node metadata that execution needs; the rest (source stack traces, module stacks, provenance)
+# is debugging information, about 1 MB of the artifact for QuartzNet 15x5.
+RUNTIME_NODE_METADATA = frozenset({"val", "tensor_meta"})
+
+
+def _without_debug_metadata(program: torch.export.ExportedProgram) -> torch.export.ExportedProgram:
+    for node in program.graph.nodes:
+        for key in set(node.meta) - RUNTIME_NODE_METADATA:
+            del node.meta[key]
+    return program
 
 
 def _drop_unused_parameters(module: torch.fx.GraphModule) -> None:
