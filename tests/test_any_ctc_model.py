@@ -133,3 +133,21 @@ def test_pt2e_static_shapes(tmp_path, request, model):
     quantizer, log_probs, reference = _quantize_and_run(tmp_path, wrapped, card, {"backend": "pt2e", "dynamic": False})
     _check_output(log_probs, reference, card)
     assert quantizer.describe(tmp_path / "q").int8_conv_fraction > 0.9
+
+
+# Parameter counts on NVIDIA's model cards (stt_en_citrinet_256: 10.3 M with a 1024-token
+# decoder; stt_en_conformer_ctc_small: 13 M). The benchmark's models use a 48-token decoder.
+@pytest.mark.parametrize(("name", "published_millions"), [("citrinet_256", 10.3), ("conformer_ctc_small", 13.0)])
+def test_benchmark_architectures_have_the_published_size(tokenizer_dir, name, published_millions):
+    from nemo_ptq.models.architectures_other import build_bpe_ctc, published_size_config
+
+    model = build_bpe_ctc(published_size_config(name, tokenizer_dir))
+    millions = sum(p.numel() for p in model.parameters()) / 1e6
+    assert abs(millions - published_millions) / published_millions < 0.1, f"{name}: {millions:.2f} M parameters"
+
+
+def test_unknown_benchmark_architecture_names_the_choices(tokenizer_dir):
+    from nemo_ptq.models.architectures_other import published_size_config
+
+    with pytest.raises(ValueError, match="citrinet_256, conformer_ctc_small"):
+        published_size_config("citrinet_1024", tokenizer_dir)

@@ -59,3 +59,15 @@ def test_embedded_model_restores_offline_with_quartznet_settings():
         assert actual[key] == expected[key], key
     assert type(model.encoder).__name__ == "ConvASREncoder"
     assert EMBEDDED_MODEL.stat().st_size <= 30e6
+
+
+def test_model_card_labels_each_training_run_with_its_phase():
+    from nemo_ptq.training.export import _phase_lines
+
+    def run(folder, step, minutes):
+        return {"checkpoint_dir": folder, "global_step": step, "epochs": step / 100, "wall_minutes_this_run": minutes,
+                "best_val_wer": 0.5}
+
+    lines = _phase_lines([run("checkpoints", 100, 10), run("finetune", 50, 5), run("finetune", 300, 20)])
+    assert [line.split(":")[0].strip() for line in lines] == ["- phase 1", "- phase 2", "- phase 2, resumed"]
+    assert "20 min, at step 300 of the phase (3.0 epochs)" in lines[2]
