@@ -100,6 +100,20 @@ class Backend(ABC):
 _REGISTRY: dict[str, type[Backend]] = {}
 
 
+def check_choices(config: Any, choices: Mapping[str, Iterable[str]]) -> None:
+    """Config validation: each named field holds one of its valid values."""
+    for key, valid in choices.items():
+        if getattr(config, key) not in valid:
+            raise ValueError(f"unknown {key} {getattr(config, key)!r}; choose one of: {', '.join(valid)}")
+
+
+def check_flags(config: Any, names: Iterable[str]) -> None:
+    """Config validation: each named field is a boolean (YAML `yes`/`1` would slip through otherwise)."""
+    for name in names:
+        if not isinstance(getattr(config, name), bool):
+            raise ValueError(f"{name} must be true or false")
+
+
 def register(cls: type[Backend]) -> type[Backend]:
     _REGISTRY[cls.name] = cls
     return cls

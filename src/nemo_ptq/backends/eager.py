@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.ao import quantization as tq
 
-from nemo_ptq.backends.base import ArtifactInfo, Backend, register
+from nemo_ptq.backends.base import ArtifactInfo, Backend, check_choices, check_flags, register
 from nemo_ptq.backends.calibration import CalibrationSample
 from nemo_ptq.errors import BackendUnavailableError, UnsupportedModelError
 from nemo_ptq.models.fused import SPEC_FILE, ConvUnit, FusedCTC, FusedSpec, conv_layers
@@ -43,11 +43,8 @@ class EagerCalibration(CalibrationSample):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.observer not in OBSERVERS:
-            raise ValueError(f"unknown observer {self.observer!r}; choose one of: {', '.join(OBSERVERS)}")
-        for name in ("per_channel", "reduce_range"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be true or false")
+        check_choices(self, {"observer": OBSERVERS})
+        check_flags(self, ("per_channel", "reduce_range"))
 
 
 @dataclass(frozen=True)
@@ -56,8 +53,7 @@ class EagerConfig:
     calibration: EagerCalibration = field(default_factory=EagerCalibration)
 
     def __post_init__(self) -> None:
-        if self.engine not in ENGINES:
-            raise ValueError(f"unknown engine {self.engine!r}; choose one of: {', '.join(ENGINES)}")
+        check_choices(self, {"engine": ENGINES})
         if self.engine == "qnnpack" and self.calibration.reduce_range:
             raise ValueError("qnnpack uses full-range activations; set calibration.reduce_range: false")
 

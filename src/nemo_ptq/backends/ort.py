@@ -28,7 +28,7 @@ import numpy as np
 import onnx
 from torch import nn
 
-from nemo_ptq.backends.base import ArtifactInfo, Backend, register
+from nemo_ptq.backends.base import ArtifactInfo, Backend, check_choices, check_flags, register
 from nemo_ptq.backends.calibration import CalibrationSample
 from nemo_ptq.errors import ConfigError
 from nemo_ptq.models import export
@@ -63,8 +63,7 @@ class OrtCalibration(CalibrationSample):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.method not in METHODS:
-            raise ValueError(f"unknown calibration method {self.method!r}; choose one of: {', '.join(METHODS)}")
+        check_choices(self, {"method": METHODS})
         if not 50.0 < float(self.percentile) <= 100.0:
             raise ValueError(f"percentile must be in (50, 100], got {self.percentile}")
 
@@ -83,19 +82,12 @@ class OrtConfig:
     calibration: OrtCalibration = field(default_factory=OrtCalibration)
 
     def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"unknown precision {self.precision!r}; choose one of: {', '.join(PRECISIONS)}")
-        if self.preset not in PRESETS:
-            raise ValueError(f"unknown preset {self.preset!r}; choose one of: {', '.join(PRESETS)}")
+        check_choices(self, {"precision": PRECISIONS, "preset": PRESETS})
         for key, value in PRESETS[self.preset].items():
             if getattr(self, key) is None:
                 object.__setattr__(self, key, value)
-        for key in ("activation_type", "weight_type"):
-            if getattr(self, key) not in QUANT_TYPES:
-                raise ValueError(f"unknown {key} {getattr(self, key)!r}; choose one of: {', '.join(QUANT_TYPES)}")
-        for key in ("per_channel", "reduce_range", "preprocess"):
-            if not isinstance(getattr(self, key), bool):
-                raise ValueError(f"{key} must be true or false")
+        check_choices(self, {"activation_type": QUANT_TYPES, "weight_type": QUANT_TYPES})
+        check_flags(self, ("per_channel", "reduce_range", "preprocess"))
         for key in ("nodes_to_exclude", "op_types_to_quantize"):
             value = getattr(self, key)
             if not isinstance(value, list) or not all(isinstance(item, str) for item in value):

@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 from torch import nn
 
-from nemo_ptq.backends.base import ArtifactInfo, Backend, register
+from nemo_ptq.backends.base import ArtifactInfo, Backend, check_choices, register
 from nemo_ptq.backends.calibration import CalibrationSample
 from nemo_ptq.errors import ConfigError
 from nemo_ptq.models import export
@@ -51,10 +51,8 @@ class OvConfig:
     calibration: CalibrationSample = field(default_factory=CalibrationSample)
 
     def __post_init__(self) -> None:
-        for key, valid in (("precision", PRECISIONS), ("inference_precision", INFERENCE_PRECISIONS),
-                           ("loader", LOADERS), ("preset", PRESETS)):
-            if getattr(self, key) not in valid:
-                raise ValueError(f"unknown {key} {getattr(self, key)!r}; choose one of: {', '.join(valid)}")
+        check_choices(self, {"precision": PRECISIONS, "inference_precision": INFERENCE_PRECISIONS,
+                             "loader": LOADERS, "preset": PRESETS})
         if self.precision == "fp32":
             object.__setattr__(self, "calibration", None)  # nothing to calibrate: the stage draws no data
 

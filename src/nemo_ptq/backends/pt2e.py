@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from nemo_ptq.backends.base import ArtifactInfo, Backend, register
+from nemo_ptq.backends.base import ArtifactInfo, Backend, check_flags, register
 from nemo_ptq.backends.calibration import CalibrationSample
 from nemo_ptq.errors import BackendUnavailableError, ConfigError
 from nemo_ptq.models.export import feature_dim, grow_length_caches
@@ -48,9 +48,7 @@ class Pt2eConfig:
     calibration: CalibrationSample = field(default_factory=CalibrationSample)
 
     def __post_init__(self) -> None:
-        for name in ("reduce_range", "conv2d_form", "dynamic"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be true or false")
+        check_flags(self, ("reduce_range", "conv2d_form", "dynamic"))
 
 
 @register
