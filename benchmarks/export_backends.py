@@ -32,8 +32,9 @@ VARIANTS = {
     "ORT FP32": {"backend": "ort", "precision": "fp32"},
     "ORT INT8 (avx512_vnni, minmax)": {"backend": "ort", "preset": "avx512_vnni"},
     "ORT INT8 quantize_static defaults": {"backend": "ort", "preset": "ort_defaults"},
-    "PT2E INT8 (X86InductorQuantizer, compiled, dynamic shapes)": {"backend": "pt2e"},
-    "PT2E INT8 (compiled for this length only)": {"backend": "pt2e", "dynamic": False},
+    "PT2E INT8 (X86InductorQuantizer, compiled per 2 s length bucket, masked)": {"backend": "pt2e"},
+    "PT2E INT8 (compiled with dynamic shapes)": {"backend": "pt2e", "shapes": "dynamic"},
+    "PT2E INT8 (compiled for this length only)": {"backend": "pt2e", "shapes": "per_length"},
     "OpenVINO FP32 IR, bf16 inference": {"backend": "ov", "precision": "fp32", "inference_precision": "bf16"},
     "OpenVINO FP32 IR, f32 inference": {"backend": "ov", "precision": "fp32", "inference_precision": "f32"},
     "OpenVINO INT8 (NNCF, convert_model, f32 hint)": {"backend": "ov", "precision": "int8"},
@@ -90,7 +91,8 @@ def prepare_runners(fused, card, work: Path, threads: int, calibration: list[np.
             runners[label](calibration[0][None])  # compiling backends fail here, not in the timing
         except Exception as error:  # a variant that fails on this model is a result, not a crash
             runners.pop(label, None)
-            infos[label] = {"failed": f"{type(error).__name__}: {str(error).splitlines()[0][:160]}"}
+            reason = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+            infos[label] = {"failed": f"{type(error).__name__}: {reason[:200]}"}
             print(f"failed: {label}: {infos[label]['failed']}", flush=True)
             continue
         build_s = time.perf_counter() - start

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from nemo_ptq.backends import get_backend
-from nemo_ptq.errors import UnsupportedModelError
+from nemo_ptq.errors import ConfigError, UnsupportedModelError
 
 FEATURES = 80
 CALIBRATION = {"num_utterances": 3, "seed": 0}
@@ -130,9 +130,17 @@ def test_pt2e_static_shapes(tmp_path, request, model):
     """PT2E on non-QuartzNet models compiles with static shapes only (Inductor's INT8 lowering
     fails on these graphs with dynamic shapes), which recompiles per input length: slow."""
     _, wrapped, card = request.getfixturevalue(model)
-    quantizer, log_probs, reference = _quantize_and_run(tmp_path, wrapped, card, {"backend": "pt2e", "dynamic": False})
+    entry = {"backend": "pt2e", "shapes": "per_length"}
+    quantizer, log_probs, reference = _quantize_and_run(tmp_path, wrapped, card, entry)
     _check_output(log_probs, reference, card)
     assert quantizer.describe(tmp_path / "q").int8_conv_fraction > 0.9
+
+
+def test_pt2e_buckets_need_the_quartznet_rewrite(tmp_path, citrinet):
+    _, wrapped, card = citrinet
+    backend = get_backend("v", {"backend": "pt2e", "calibration": CALIBRATION}, card)
+    with pytest.raises(ConfigError, match="set shapes: per_length"):
+        backend.calibrate(wrapped, iter(_features(1, 240, seed=0)), tmp_path / "cal")
 
 
 # Parameter counts on NVIDIA's model cards (stt_en_citrinet_256: 10.3 M with a 1024-token

@@ -59,6 +59,7 @@ CASES = {
     "ort_int8_entropy": ({"backend": "ort", "calibration": {**CALIBRATION, "method": "entropy"}}, 1.0),
     "ort_fp32": ({"backend": "ort", "precision": "fp32"}, 0.0),
     "pt2e": ({"backend": "pt2e", "calibration": CALIBRATION}, 1.0),
+    "pt2e_dynamic": ({"backend": "pt2e", "shapes": "dynamic", "calibration": CALIBRATION}, 1.0),
     "ov_int8": ({"backend": "ov", "calibration": CALIBRATION}, 1.0),
     "ov_fp32": ({"backend": "ov", "precision": "fp32", "inference_precision": "f32"}, 0.0),
 }
@@ -162,6 +163,21 @@ def _depthwise_convs(fused, tmp_path) -> set[str]:
             if n.op_type == "Conv" and any(a.name == "group" and a.i > 1 for a in n.attribute)}
 
 
+def test_pt2e_buckets_pad_and_mask_to_the_per_length_result(tmp_path, tiny_fused):
+    """A length that is not a multiple of the bucket is zero-padded and masked: the valid frames
+    match the graph compiled for exactly that length, and only those frames come back."""
+    features = _features(1, 333, seed=3)[0][None]
+    bucketed, artifact = _build(tmp_path / "b", tiny_fused, {"backend": "pt2e", "bucket_frames": 128,
+                                                             "calibration": CALIBRATION})
+    exact, exact_artifact = _build(tmp_path / "e", tiny_fused, {"backend": "pt2e", "shapes": "per_length",
+                                                                "calibration": CALIBRATION})
+    padded_run = bucketed.load(artifact, threads=1)(features)
+    exact_run = exact.load(exact_artifact, threads=1)(features)
+    assert padded_run.shape == exact_run.shape == (1, 167, len(QUARTZNET_VOCABULARY) + 1)
+    assert (padded_run.argmax(-1) == exact_run.argmax(-1)).mean() >= 0.99
+    assert np.abs(padded_run - exact_run).max() < 0.05
+
+
 def test_pt2e_needs_a_compiler(tmp_path, tiny_fused, monkeypatch):
     backend = get_backend("v", {"backend": "pt2e"}, CARD)
     monkeypatch.setattr("shutil.which", lambda _name: None)
@@ -179,6 +195,9 @@ def test_pt2e_needs_a_compiler(tmp_path, tiny_fused, monkeypatch):
     ({"backend": "ov", "inference_precision": "fp16"}, "choose one of: f32, bf16, plugin_default"),
     ({"backend": "ov", "loader": "load"}, "choose one of: convert_model, read_model"),
     ({"backend": "pt2e", "conv2d_form": "yes"}, "conv2d_form must be true or false"),
+    ({"backend": "pt2e", "shapes": "static"}, "choose one of: buckets, per_length, dynamic"),
+    ({"backend": "pt2e", "bucket_frames": 0}, "bucket_frames must be a positive number"),
+    ({"backend": "pt2e", "conv2d_form": False}, "shapes: buckets needs conv2d_form: true"),
 ])
 def test_config_errors_name_the_valid_choices(entry, message):
     with pytest.raises(ConfigError, match=message):

@@ -43,3 +43,21 @@ def test_unsupported_activation_is_a_clear_error():
     cfg.encoder.activation = "hardtanh"
     with pytest.raises(UnsupportedModelError, match="only ReLU"):
         rewrite(EncDecCTCModel(cfg=cfg))
+
+
+def test_masked_padded_batch_matches_each_utterance_alone(tiny_fused):
+    """With lengths, padding frames are masked as in NeMo: every row's valid output frames equal
+    that row run alone (the stride-2 prolog included), whatever the padding holds."""
+    torch.manual_seed(0)
+    utterances = [torch.randn(1, 64, frames) for frames in (101, 150, 256)]
+    batch = torch.randn(3, 64, 256)  # noise in the padding: masking must hide it
+    for row, utterance in enumerate(utterances):
+        batch[row, :, : utterance.shape[-1]] = utterance[0]
+    lengths = torch.tensor([u.shape[-1] for u in utterances])
+    with torch.no_grad():
+        padded, out_lengths = tiny_fused.masked_logits(batch, lengths)
+        assert torch.equal(out_lengths, tiny_fused.output_lengths(lengths))
+        for row, utterance in enumerate(utterances):
+            alone = tiny_fused.logits(utterance)
+            assert alone.shape[-1] == int(out_lengths[row])
+            assert torch.allclose(padded[row, :, : alone.shape[-1]], alone[0], atol=1e-5)

@@ -6,6 +6,12 @@ FP32 conv, so every Conv1d runs as Conv2d(1 x K) on a height-1 axis. calibrate s
 observers' state; quantize rebuilds the same observed graph (export is deterministic), loads
 that state and converts. Compiling needs a C compiler at run time; the compile time is written
 at quantize time next to the artifact (compile.json): every process that loads it pays it once.
+
+Input shapes (`shapes`): Inductor's kernels for a fixed length run about 2x faster than its
+dynamic-shape ones, but compiling per length recompiles for every new utterance length. `buckets`
+pads each input with zeros to a multiple of `bucket_frames` and compiles once per bucket; the
+model masks the padding the way NeMo's MaskedConv1d does, so the valid output frames equal those
+of the unpadded input. Masking needs the QuartzNet/Jasper rewrite (FusedCTC).
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from nemo_ptq.backends.base import ArtifactInfo, Backend, check_flags, register
+from nemo_ptq.backends.base import ArtifactInfo, Backend, check_choices, check_flags, register
 from nemo_ptq.backends.calibration import CalibrationSample
 from nemo_ptq.errors import BackendUnavailableError, ConfigError
 from nemo_ptq.models.export import feature_dim, grow_length_caches
@@ -33,6 +39,7 @@ PROGRAM = "model.pt2"
 LAYERS = "layers.json"
 COMPILE_LOG = "compile.json"
 EXAMPLE_FRAMES = 300
+SHAPES = ("buckets", "per_length", "dynamic")
 MAC_FRAMES = 1000
 
 
@@ -41,14 +48,21 @@ class Pt2eConfig:
     # X86InductorQuantizer's static config: HistogramObserver activations (u8), per-channel s8 weights.
     reduce_range: bool = False  # 7-bit activations, for CPUs without VNNI
     conv2d_form: bool = True  # run Conv1d as Conv2d(1 x K): the only form Inductor lowers to INT8
-    # true: one compiled graph for every input length. false: a graph per length (each new length
-    # compiles again, seconds each) whose kernels run about 2x faster on QuartzNet 15x5; also the
+    # buckets: pad to a multiple of bucket_frames, one graph per bucket (QuartzNet/Jasper only).
+    # per_length: one graph per input length (each new length compiles again, seconds each); the
     # only mode in which Inductor's INT8 lowering works on Citrinet and Conformer graphs.
-    dynamic: bool = True
+    # dynamic: one graph for every length, about 2x slower kernels.
+    shapes: str = "buckets"
+    bucket_frames: int = 200  # 2 s of 10 ms frames: at most 2 s of padding per utterance
     calibration: CalibrationSample = field(default_factory=CalibrationSample)
 
     def __post_init__(self) -> None:
-        check_flags(self, ("reduce_range", "conv2d_form", "dynamic"))
+        check_flags(self, ("reduce_range", "conv2d_form"))
+        check_choices(self, {"shapes": SHAPES})
+        if isinstance(self.bucket_frames, bool) or not isinstance(self.bucket_frames, int) or self.bucket_frames < 1:
+            raise ValueError(f"bucket_frames must be a positive number of feature frames, got {self.bucket_frames!r}")
+        if self.shapes == "buckets" and not self.conv2d_form:
+            raise ValueError("shapes: buckets needs conv2d_form: true (the masked rewrite runs in Conv2d form)")
 
 
 @register
@@ -65,18 +79,30 @@ class Pt2eBackend(Backend):
         )
 
         grow_length_caches(fp32)
-        model = Conv2dForm(fp32) if self.config.conv2d_form else fp32.eval()
+        model = self._exportable(fp32)
         quantizer = X86InductorQuantizer()
         quantizer.set_global(get_default_x86_inductor_quantization_config(reduce_range=self.config.reduce_range))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return prepare_pt2e(_export(model, feature_dim(fp32, self.card)).module(), quantizer)
+            return prepare_pt2e(_export(model, feature_dim(fp32, self.card), self._masked).module(), quantizer)
+
+    @property
+    def _masked(self) -> bool:
+        return self.config.shapes == "buckets"
+
+    def _exportable(self, fp32: nn.Module) -> nn.Module:
+        model = Conv2dForm(fp32) if self.config.conv2d_form else fp32.eval()
+        if self._masked and not (self.config.conv2d_form and model.whole_body):
+            raise ConfigError(f"pt2e shapes: buckets masks padding in the QuartzNet/Jasper rewrite, which "
+                              f"{type(fp32).__name__} is not: set shapes: per_length (or dynamic) for this model")
+        return model
 
     def calibrate(self, fp32: nn.Module, features: Iterable[np.ndarray], out_dir: Path) -> None:
         observed = self._observed(fp32)
         with torch.no_grad():
             for feats in features:
-                observed(torch.from_numpy(feats)[None])
+                x = torch.from_numpy(feats)[None]
+                observed(x, torch.tensor([x.shape[-1]])) if self._masked else observed(x)
         out_dir.mkdir(parents=True, exist_ok=True)
         torch.save(_observer_state(observed), out_dir / OBSERVERS)
         self.save_config(out_dir)
@@ -99,8 +125,8 @@ class Pt2eBackend(Backend):
         _drop_unused_parameters(converted)
         features = feature_dim(fp32, self.card)
         out_dir.mkdir(parents=True, exist_ok=True)
-        torch.export.save(_without_debug_metadata(_export(converted, features)), out_dir / PROGRAM)
-        macs = _layer_macs(Conv2dForm(fp32) if self.config.conv2d_form else fp32, features)
+        torch.export.save(_without_debug_metadata(_export(converted, features, self._masked)), out_dir / PROGRAM)
+        macs = _layer_macs(self._exportable(fp32), features)
         layers = {"precisions": _graph_precisions(converted), "macs": macs}
         (out_dir / LAYERS).write_text(json.dumps(layers, indent=1) + "\n")
         # Compile once here so the artifact records what every process that loads it pays.
@@ -112,11 +138,18 @@ class Pt2eBackend(Backend):
         self.save_config(out_dir)
 
     def load(self, artifact_dir: Path, threads: int):
-        compiled = _compiled(Path(artifact_dir) / PROGRAM, threads, self.config.dynamic)
+        compiled = _compiled(Path(artifact_dir) / PROGRAM, threads, dynamic=self.config.shapes == "dynamic")
+        bucket = self.config.bucket_frames
 
         def run(features: np.ndarray) -> np.ndarray:
+            x = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
             with torch.no_grad():
-                return compiled(torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))).numpy()
+                if not self._masked:
+                    return compiled(x).numpy()
+                frames = x.shape[-1]
+                padded = torch.nn.functional.pad(x, (0, -frames % bucket))
+                log_probs, out_frames = compiled(padded, torch.full((x.shape[0],), frames))
+                return log_probs[:, : int(out_frames[0])].numpy()
 
         return run
 
@@ -150,11 +183,19 @@ class Conv2dForm(nn.Module):
                     conv = _as_conv2d(child)
                     setattr(parent, child_name, conv if self.whole_body else _Reshaped(conv))
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
+    def forward(self, features: torch.Tensor, lengths: torch.Tensor | None = None):
+        """Log-probs; with `lengths` (valid frames of a zero-padded input) masked, and returned
+        with the valid output frames."""
         if not self.whole_body:
             return self.model(features)
-        logits = self.model.logits(features.unsqueeze(2)).squeeze(2)
-        return torch.log_softmax(logits.transpose(1, 2), dim=-1)
+        if lengths is None:
+            return self._log_probs(self.model.logits(features.unsqueeze(2)))
+        logits, out_lengths = self.model.masked_logits(features.unsqueeze(2), lengths)
+        return self._log_probs(logits), out_lengths
+
+    @staticmethod
+    def _log_probs(logits: torch.Tensor) -> torch.Tensor:
+        return torch.log_softmax(logits.squeeze(2).transpose(1, 2), dim=-1)
 
 
 class _Reshaped(nn.Module):
@@ -185,12 +226,15 @@ def _as_conv2d(conv: nn.Conv1d) -> nn.Conv2d:
     return conv2d
 
 
-def _export(model: nn.Module, features: int) -> torch.export.ExportedProgram:
+def _export(model: nn.Module, features: int, masked: bool) -> torch.export.ExportedProgram:
+    """One program for every length; `masked` adds the valid-frames input of the bucketed mode."""
     frames = torch.export.Dim.AUTO  # the range the model allows (subsampling, position tables)
     example = torch.randn(1, features, EXAMPLE_FRAMES)
+    inputs, shapes = ((example, torch.tensor([EXAMPLE_FRAMES])), ({2: frames}, None)) if masked else \
+        ((example,), ({2: frames},))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return torch.export.export(model, (example,), dynamic_shapes=({2: frames},))
+        return torch.export.export(model, inputs, dynamic_shapes=shapes)
 
 
 # Node metadata that execution needs; the rest (source stack traces, module stacks, provenance)
@@ -269,7 +313,7 @@ def _compiled(program_path: Path, threads: int, dynamic: bool):
 
     torch.set_num_threads(threads)
     inductor_config.freezing = True  # constant weights: lets Inductor pre-pack INT8 convs for oneDNN
-    if not dynamic:  # past the recompile limit Dynamo would silently run the graph uncompiled
+    if not dynamic:  # per length or bucket: past the recompile limit Dynamo would run it uncompiled
         torch._dynamo.config.recompile_limit = 1 << 16
         torch._dynamo.config.accumulated_recompile_limit = 1 << 16
     program = torch.export.load(program_path)

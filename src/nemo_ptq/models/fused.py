@@ -85,6 +85,31 @@ class ConvUnit(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.relu(self.conv(x))
 
+    def masked(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The unit on a padded batch: frames at or past `lengths` are zeroed before a conv that
+        mixes frames, exactly as NeMo's MaskedConv1d does; returns the output and its lengths."""
+        if self.conv.kernel_size[-1] > 1:
+            x = x * time_mask(lengths, x).to(x.dtype)
+        return self(x), conv_output_lengths(self.conv, lengths)
+
+
+def time_mask(lengths: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """1 for the valid frames of `x` ([B, C, T] or [B, C, 1, T]), broadcastable to it."""
+    valid = torch.arange(x.shape[-1], device=lengths.device)[None, :] < lengths[:, None]
+    return valid.reshape(valid.shape[0], *([1] * (x.dim() - 2)), valid.shape[1])
+
+
+def conv_output_lengths(conv: nn.Module, lengths: torch.Tensor) -> torch.Tensor:
+    """Valid output frames of a conv (1-D, or 2-D over a height-1 axis) for `lengths` input frames."""
+    kernel, stride, padding, dilation = (getattr(conv, name)[-1] for name in
+                                         ("kernel_size", "stride", "padding", "dilation"))
+    if stride == 1 and 2 * padding == dilation * (kernel - 1):
+        return lengths
+    # floor((L + 2p - d(k-1) - 1) / s) + 1 as one subtraction: PT2E's quantizer would take an add on
+    # lengths for part of a quantizable add pattern (and reject the model).
+    offset = 2 * padding - dilation * (kernel - 1) - 1 + stride
+    return torch.div(lengths - (-offset), stride, rounding_mode="floor")
+
 
 class FusedBlock(nn.Module):
     def __init__(self, spec: BlockSpec):
@@ -96,12 +121,26 @@ class FusedBlock(nn.Module):
         self.adds = nn.ModuleList(FloatFunctional() for _ in spec.residuals)
 
     def forward(self, xs: list[torch.Tensor]) -> list[torch.Tensor]:
-        out = self.body(xs[-1])
-        last = len(self.residuals) - 1
-        for i, (residual, add) in enumerate(zip(self.residuals, self.adds)):
-            res = residual(xs[i])
+        return self._residual_sum(xs, self.body(xs[-1]), [residual(x) for residual, x in zip(self.residuals, xs)])
+
+    def masked(self, xs: list[torch.Tensor], lengths: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The block on a padded batch, `lengths` valid frames per row; returns its output lengths."""
+        out, out_lengths = xs[-1], lengths
+        for unit in self.body:
+            out, out_lengths = unit.masked(out, out_lengths)
+        residuals = [residual.masked(x, lengths)[0] for residual, x in zip(self.residuals, xs)]
+        return self._residual_sum(xs, out, residuals), out_lengths
+
+    def _residual_sum(self, xs: list[torch.Tensor], out: torch.Tensor, residuals: list[torch.Tensor]):
+        last = len(residuals) - 1
+        for i, (res, add) in enumerate(zip(residuals, self.adds)):
             out = add.add_relu(out, res) if i == last else add.add(out, res)
         return xs + [out] if self.dense else [out]
+
+    def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        for unit in self.body:
+            lengths = conv_output_lengths(unit.conv, lengths)
+        return lengths
 
 
 class FusedCTC(nn.Module):
@@ -120,6 +159,19 @@ class FusedCTC(nn.Module):
         for block in self.blocks:
             xs = block(xs)
         return self.dequant(self.decoder(xs[-1]))
+
+    def masked_logits(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits of a zero-padded batch with `lengths` valid frames per row, masked as NeMo does, so
+        each row's valid output frames equal that row run alone; returns them with their lengths."""
+        xs = [self.quant(features)]
+        for block in self.blocks:
+            xs, lengths = block.masked(xs, lengths)
+        return self.dequant(self.decoder(xs[-1])), lengths
+
+    def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            lengths = block.output_lengths(lengths)
+        return lengths
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return torch.log_softmax(self.logits(features).transpose(1, 2).float(), dim=-1)
