@@ -56,3 +56,10 @@ def test_backend_contract(tmp_path, tiny_fused, variant):
     assert np.allclose(np.exp(log_probs).sum(-1), 1.0, atol=1e-2)
     agreement = (log_probs.argmax(-1) == reference.argmax(-1)).mean()
     assert agreement >= 0.8, f"{variant}: argmax agrees with FP32 on only {agreement:.0%} of frames"
+
+
+def test_backends_are_found_by_module_name():
+    from nemo_ptq.backends import available
+
+    assert {"eager", "ort", "ov", "pt2e"} <= set(available())
+    assert not {"base", "calibration"} & set(available())

@@ -1,33 +1,43 @@
 """Quantization backends, one module each, behind the protocol in `base`.
 
-Adding a backend: a new module here that registers a `Backend` subclass, one import line below,
-and a variant entry in params.yaml.
+Adding a backend: a new module here, named like the backend, that registers a `Backend`
+subclass, and a variant entry in params.yaml. Modules are imported when a variant names them, so
+a backend's runtime (OpenVINO, Inductor, ...) loads only where it is used.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
+import pkgutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from nemo_ptq.backends import eager  # noqa: F401  (registers itself)
-from nemo_ptq.backends import ort  # noqa: F401  (registers itself)
-from nemo_ptq.backends import ov  # noqa: F401  (registers itself)
-from nemo_ptq.backends import pt2e  # noqa: F401  (registers itself)
 from nemo_ptq.backends.base import Backend, registry
 from nemo_ptq.errors import ConfigError
+
+SUPPORT_MODULES = frozenset({"base", "calibration"})
+
+
+def available() -> list[str]:
+    """Backend names: this package's backend modules plus anything registered by hand."""
+    modules = {m.name for m in pkgutil.iter_modules(__path__) if m.name not in SUPPORT_MODULES}
+    return sorted(modules | set(registry()))
 
 
 def get_backend(variant: str, entry: Mapping[str, Any] | None, card: Mapping[str, Any] | None = None) -> Backend:
     """The configured backend for one `variants.<variant>` entry of params.yaml."""
     if not isinstance(entry, Mapping) or "backend" not in entry:
-        raise ConfigError(f"variants.{variant} needs a 'backend' key; choose one of: {', '.join(registry())}")
+        raise ConfigError(f"variants.{variant} needs a 'backend' key; choose one of: {', '.join(available())}")
     name = entry["backend"]
-    backends = registry()
-    if name not in backends:
-        raise ConfigError(f"variants.{variant}: unknown backend {name!r}; choose one of: {', '.join(backends)}")
-    return backends[name].from_params(variant, entry, card)
+    if name not in available():
+        raise ConfigError(f"variants.{variant}: unknown backend {name!r}; choose one of: {', '.join(available())}")
+    if name not in registry():
+        importlib.import_module(f"{__name__}.{name}")  # registers itself
+    if name not in registry():
+        raise ConfigError(f"backend module {name}.py registers no backend named {name!r}: name it so")
+    return registry()[name].from_params(variant, entry, card)
 
 
 def backend_for_variant(variant: str, params_path: Path, model_dir: Path) -> Backend:

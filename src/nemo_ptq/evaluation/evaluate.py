@@ -67,7 +67,7 @@ def variant_entry(variants: Mapping[str, Any] | None, variant: str) -> dict | No
 
 def load_variant(variant: str, entry: Mapping[str, Any], card: Mapping[str, Any], artifact_dir: Path,
                  threads: int) -> tuple[Runner, ArtifactInfo]:
-    from nemo_ptq.backends import get_backend  # importing the package registers every backend
+    from nemo_ptq.backends import get_backend
 
     if not Path(artifact_dir).is_dir():
         raise DataError(f"{artifact_dir} is missing: run dvc repro quantize@{variant} first")
