@@ -68,6 +68,8 @@ def test_model_card_labels_each_training_run_with_its_phase():
         return {"checkpoint_dir": folder, "global_step": step, "epochs": step / 100, "wall_minutes_this_run": minutes,
                 "best_val_wer": 0.5}
 
-    lines = _phase_lines([run("checkpoints", 100, 10), run("finetune", 50, 5), run("finetune", 300, 20)])
+    resumed = {**run("finetune", 300, 20), "threads": 2}
+    lines = _phase_lines([run("checkpoints", 100, 10), run("finetune", 50, 5), resumed])
     assert [line.split(":")[0].strip() for line in lines] == ["- phase 1", "- phase 2", "- phase 2, resumed"]
-    assert "20 min, at step 300 of the phase (3.0 epochs)" in lines[2]
+    assert "20 min on 2 threads, at step 300 of the phase (3.0 epochs)" in lines[2]
+    assert "10 min, at step 100" in lines[0]  # runs recorded before threads were

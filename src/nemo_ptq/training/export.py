@@ -124,8 +124,9 @@ def _phase_lines(runs: list[dict]) -> list[str]:
             label = f"phase {len(phases)}"
         else:
             label = f"phase {phases.index(run['checkpoint_dir']) + 1}, resumed"
-        lines.append(f"  - {label}: {run['wall_minutes_this_run']} min, at step {run['global_step']} of the phase "
-                     f"({run['epochs']} epochs), best validation WER so far {run['best_val_wer']:.3f}")
+        threads = f" on {run['threads']} thread{'s' if run['threads'] > 1 else ''}" if "threads" in run else ""
+        lines.append(f"  - {label}: {run['wall_minutes_this_run']} min{threads}, at step {run['global_step']} of the "
+                     f"phase ({run['epochs']} epochs), best validation WER so far {run['best_val_wer']:.3f}")
     return lines
 
 
@@ -185,8 +186,8 @@ and {data[synthetic_hours]:.2f} h synthetic.
   "all blank" plateau after {phase1[global_step]} steps (validation WER ≈ 1.0), so it was stopped early
   and phase 2 started with the settings that left the plateau fastest in a 40-clip probe.
 {phases}
-- In total {training[wall_minutes_total]} min of training on {training[hardware]}, shared with other
-  jobs that ran at higher priority.
+- In total {training[wall_minutes_total]} min of training on a 2-core CPU, the latest run on
+  {training[hardware]}; the CPU was partly shared with other jobs (development, benchmarks).
 - Exported checkpoint: the lowest validation WER of the last phase ({training[best_val_wer]:.3f}).
 
 ## Evaluation (greedy CTC, jiwer; lowercase, punctuation stripped, apostrophes kept)
@@ -203,8 +204,8 @@ Examples:
   Reaching ≤ 45 % WER on test-other needs on the order of 100 h of real speech (e.g. LibriSpeech
   train-clean-100) and several hundred GPU-minutes, or fine-tuning a pretrained QuartzNet where one
   can be downloaded.
-- Training was compute-bound: {training[wall_minutes_total]} min on one thread of a 2-core CPU shared
-  with jobs at higher priority (under that contention two threads ran 1.5-5x slower than one), and
+- Training was compute-bound: {training[wall_minutes_total]} min on a 2-core CPU, partly shared with
+  other jobs (under contention two threads ran 1.5-5x slower than one, so shared runs used one), and
   phase 1 spent most of its time on the CTC plateau. Both phases resume from their checkpoints, so
   raising `train.max_minutes` in `params_phase2.yaml` and rerunning continues training; on a GPU the
   same 4.8 h of data trains for hundreds of epochs in minutes. For the synthetic goal, more Kokoro

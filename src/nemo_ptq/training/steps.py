@@ -170,7 +170,8 @@ def train(params: RecipeParams) -> None:
     summary["hardware"] = hardware_description(params.train.threads)
     summary["phases"] = previous.get("phases", []) + [{key: summary[key] for key in ("global_step", "epochs",
                                                        "wall_minutes_this_run", "best_val_wer")}
-                                                      | {"checkpoint_dir": params.train.checkpoint_dir}]
+                                                      | {"checkpoint_dir": params.train.checkpoint_dir,
+                                                         "threads": params.train.threads}]
     write_json(report_path, summary)
     print(json.dumps(summary, indent=1))
 
