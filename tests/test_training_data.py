@@ -155,3 +155,41 @@ def test_synthesis_plans_keep_held_out_voices_and_texts_apart(tmp_path, monkeypa
                for u in training)
     assert evaluation_texts.isdisjoint(u.text for u in training)
     assert len(heldout_texts) == len(plans["kokoro_heldout"])
+
+
+def _recipe_driver():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("recipe_run", REPO_ROOT / "recipes/embedded/run.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_committed_phases_differ_only_in_training(monkeypatch):
+    """The one-command recipe runs the committed phase files in order; they must share the data."""
+    from nemo_ptq.training.params import load_recipe_params
+
+    monkeypatch.chdir(REPO_ROOT)
+    run = _recipe_driver()
+    phases = [load_recipe_params(path) for path in run.PHASES]
+    run.check_phases_agree(phases, run.PHASES)
+    assert [p.train.checkpoint_dir for p in phases] == ["checkpoints", "checkpoints_finetune", "checkpoints_phase3"]
+    assert phases[2].train.init_from.startswith(phases[1].train.checkpoint_dir + "/")
+
+
+def test_phases_that_disagree_on_data_are_refused(tmp_path, monkeypatch):
+    import yaml
+
+    from nemo_ptq.errors import ConfigError
+    from nemo_ptq.training.params import load_recipe_params
+
+    monkeypatch.chdir(REPO_ROOT)
+    raw = yaml.safe_load((REPO_ROOT / "recipes/embedded/params.yaml").read_text())
+    raw["kokoro"]["train_clips"] += 1
+    other = tmp_path / "other.yaml"
+    other.write_text(yaml.safe_dump(raw))
+    run = _recipe_driver()
+    paths = [Path("recipes/embedded/params.yaml"), other]
+    with pytest.raises(ConfigError, match="outside `train:`"):
+        run.check_phases_agree([load_recipe_params(p) for p in paths], paths)

@@ -1,24 +1,32 @@
 """Train the project's embedded QuartzNet model on CPU, end to end and resumable.
 
-    python recipes/embedded/run.py [--params recipes/embedded/params.yaml] [--steps STEP ...]
+    python recipes/embedded/run.py [--params PHASE.yaml ...] [--steps STEP ...]
 
 Steps, in order: synthesize (Kokoro held-out + training clips), manifests (real speech, speed
 perturbation, held-out checks), train (NeMo + lightning, resumes from the last checkpoint),
 evaluate (WER/CER per held-out set), export (.nemo and model card). Each step skips work that
 is already done, so rerunning after an interruption continues where it stopped.
+
+`--params` takes one file per training phase (default: the three phases, so the command without
+arguments reproduces the committed model). The files must agree on everything but `train:`; the
+data steps run once, `train` once per phase in order, evaluate and export on the last phase.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
 from nemo_ptq.cli import quiet_environment
-from nemo_ptq.errors import PipelineError
+from nemo_ptq.errors import ConfigError, PipelineError
 from nemo_ptq.training import steps
 from nemo_ptq.training.params import load_recipe_params
 
+PHASES = [Path("recipes/embedded/params.yaml"), Path("recipes/embedded/params_phase2.yaml"),
+          Path("recipes/embedded/params_phase3.yaml")]
+PER_PHASE = {"train"}
 STEPS = {
     "synthesize": steps.synthesize,
     "manifests": steps.build_manifests,
@@ -30,20 +38,31 @@ STEPS = {
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--params", type=Path, default=Path("recipes/embedded/params.yaml"))
+    parser.add_argument("--params", type=Path, nargs="+", default=PHASES, help="one file per training phase")
     parser.add_argument("--steps", nargs="+", choices=list(STEPS), default=list(STEPS))
     args = parser.parse_args(argv)
     quiet_environment()
     try:
-        params = load_recipe_params(args.params)
+        phases = [load_recipe_params(path) for path in args.params]
+        check_phases_agree(phases, args.params)
         for name in STEPS:
-            if name in args.steps:
-                print(f"== {name}", flush=True)
+            if name not in args.steps:
+                continue
+            for path, params in zip(args.params, phases) if name in PER_PHASE else [(args.params[-1], phases[-1])]:
+                print(f"== {name} ({path})", flush=True)
                 STEPS[name](params)
     except PipelineError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     return 0
+
+
+def check_phases_agree(phases: list, paths: list[Path]) -> None:
+    """Phases share the data and export sections; only `train:` may differ."""
+    first = dataclasses.replace(phases[0], train=None)
+    for path, params in zip(paths[1:], phases[1:]):
+        if dataclasses.replace(params, train=None) != first:
+            raise ConfigError(f"{path} differs from {paths[0]} outside `train:`: phases must share data and export")
 
 
 if __name__ == "__main__":
