@@ -79,7 +79,7 @@ class SetSpec:
 class DataParams:
     eval_sets: tuple[SetSpec, ...]
     calibration_set: SetSpec
-    max_duration_s: float = 20.0
+    max_duration_s: float = 40.0
 
     def __post_init__(self) -> None:
         if not self.eval_sets:
