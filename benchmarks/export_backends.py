@@ -66,9 +66,7 @@ def build(arch: str, work: Path):
 
         model = build_quartznet(arch)
         quantizable = rewrite(model)
-    card = describe(model, ModelSource("arch", arch)).to_json()
-    card["preprocessor"] = {k: v for k, v in model.cfg.preprocessor.items() if k != "_target_"}
-    return model, quantizable, card
+    return model, quantizable, describe(model, ModelSource("arch", arch)).to_json()
 
 
 def prepare_runners(fused, card, work: Path, threads: int, calibration: list[np.ndarray], only: list[str],

@@ -114,6 +114,11 @@ def check_flags(config: Any, names: Iterable[str]) -> None:
             raise ValueError(f"{name} must be true or false")
 
 
+def skip_calibration(config: Any) -> None:
+    """For a config that quantizes nothing (e.g. an FP32 baseline): the calibrate stage draws no data."""
+    object.__setattr__(config, "calibration", None)
+
+
 def register(cls: type[Backend]) -> type[Backend]:
     _REGISTRY[cls.name] = cls
     return cls

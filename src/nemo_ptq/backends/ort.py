@@ -28,7 +28,7 @@ import numpy as np
 import onnx
 from torch import nn
 
-from nemo_ptq.backends.base import ArtifactInfo, Backend, check_choices, check_flags, register
+from nemo_ptq.backends.base import ArtifactInfo, Backend, check_choices, check_flags, register, skip_calibration
 from nemo_ptq.backends.calibration import CalibrationSample
 from nemo_ptq.errors import ConfigError
 from nemo_ptq.models import export
@@ -93,7 +93,7 @@ class OrtConfig:
             if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
                 raise ValueError(f"{key} must be a list of names")
         if self.precision == "fp32":
-            object.__setattr__(self, "calibration", None)  # nothing to calibrate: the stage draws no data
+            skip_calibration(self)
 
 
 @register
@@ -163,7 +163,8 @@ class OrtBackend(Backend):
 
         if not ranges.is_file():
             raise ConfigError(f"{ranges} is missing: run the calibrate stage of this variant first")
-        names = {out for node in onnx.load(str(model_fp32)).graph.node for out in node.output} | {export.INPUT}
+        graph = onnx.load(str(model_fp32))
+        names = {out for node in graph.graph.node for out in node.output} | {export.INPUT}
         unknown = sorted(set(load_tensors_data(ranges).data) - names)
         if unknown:  # ranges from another model or export: applying them would be silently wrong
             raise ConfigError(f"{ranges} has ranges for tensors this model lacks ({', '.join(unknown[:3])}, ...): "
@@ -171,7 +172,7 @@ class OrtBackend(Backend):
         qtype = {"u8": QuantType.QUInt8, "s8": QuantType.QInt8}
         exclude = list(self.config.nodes_to_exclude)
         if self.config.op_types_to_quantize:  # a chosen op list: attention products stay float too
-            exclude += _activation_matmuls(onnx.load(str(model_fp32)))
+            exclude += _activation_matmuls(graph)
         quantize_static(
             str(model_fp32), str(out_path), None, quant_format=QuantFormat.QDQ,
             per_channel=self.config.per_channel, reduce_range=self.config.reduce_range,

@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 from torch import nn
 
-from nemo_ptq.backends.base import ArtifactInfo, Backend, check_choices, register
+from nemo_ptq.backends.base import ArtifactInfo, Backend, check_choices, register, skip_calibration
 from nemo_ptq.backends.calibration import CalibrationSample
 from nemo_ptq.errors import ConfigError
 from nemo_ptq.models import export
@@ -54,7 +54,7 @@ class OvConfig:
         check_choices(self, {"precision": PRECISIONS, "inference_precision": INFERENCE_PRECISIONS,
                              "loader": LOADERS, "preset": PRESETS})
         if self.precision == "fp32":
-            object.__setattr__(self, "calibration", None)  # nothing to calibrate: the stage draws no data
+            skip_calibration(self)
 
 
 @register
