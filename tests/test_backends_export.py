@@ -4,6 +4,7 @@ put the convs they claim into INT8, write deployable files, and reject bad confi
 from __future__ import annotations
 
 import json
+import zipfile
 
 import numpy as np
 import onnx
@@ -176,6 +177,36 @@ def test_pt2e_buckets_pad_and_mask_to_the_per_length_result(tmp_path, tiny_fused
     assert padded_run.shape == exact_run.shape == (1, 167, len(QUARTZNET_VOCABULARY) + 1)
     assert (padded_run.argmax(-1) == exact_run.argmax(-1)).mean() >= 0.99
     assert np.abs(padded_run - exact_run).max() < 0.05
+
+
+def test_pt2e_archive_deflates_the_graph_and_stores_each_zero_point_once(tmp_path, tiny_fused):
+    """The saved program keeps its INT8 weights stored raw and 64-byte aligned, its JSON graph
+    deflated, and the weights' all-zero zero points as one record; stock torch.export.load reads
+    it and the module it gives matches the backend's runner."""
+    backend, artifact = _build(tmp_path, tiny_fused, {"backend": "pt2e", "shapes": "per_length",
+                                                      "calibration": CALIBRATION})
+    with zipfile.ZipFile(artifact / "model.pt2") as archive:
+        records = archive.infolist()
+        json_records = [r for r in records if r.filename.endswith(".json")]
+        tensor_records = [r for r in records if "/data/weights/weight_" in r.filename]
+        assert json_records and all(r.compress_type == zipfile.ZIP_DEFLATED for r in json_records)
+        assert all(r.compress_type == zipfile.ZIP_STORED for r in tensor_records)
+        with open(artifact / "model.pt2", "rb") as raw:
+            for record in tensor_records:  # data offset = local header + name + extra field
+                raw.seek(record.header_offset + 26)
+                name_length, extra_length = int.from_bytes(raw.read(2), "little"), int.from_bytes(raw.read(2), "little")
+                assert (record.header_offset + 30 + name_length + extra_length) % 64 == 0, record.filename
+        config = json.loads(archive.read(next(r for r in json_records if "weights_config" in r.filename)))["config"]
+    zero_point_files = {entry["path_name"] for name, entry in config.items() if "zero_point" in name}
+    int8_convs = sum(p == "int8" for p in backend.describe(artifact).layer_precisions.values())
+    assert int8_convs > 1 and len(zero_point_files) == 1
+
+    features = _features(1, 240, seed=4)[0][None]
+    module = torch.export.load(artifact / "model.pt2").module()
+    with torch.no_grad():
+        direct = module(torch.from_numpy(features)).numpy()
+    # compiled oneDNN INT8 kernels round differently from the decomposed (dequantize + FP32) ops
+    np.testing.assert_allclose(backend.load(artifact, threads=1)(features), direct, atol=0.02)
 
 
 def test_pt2e_needs_a_compiler(tmp_path, tiny_fused, monkeypatch):
