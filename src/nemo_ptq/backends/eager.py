@@ -3,7 +3,8 @@
 The engine decides which kernels run the INT8 convs: on AVX-512 VNNI CPUs `onednn` is fast,
 while `x86`/`fbgemm` are very slow on depthwise Conv1d and `qnnpack` targets ARM. The artifact is
 the quantized state dict plus the rewrite's spec (smaller than TorchScript, whose per-module
-packed parameters add about 4 %); loading rebuilds the quantized module from the spec.
+packed parameters add about 4 %); loading rebuilds the quantized module from the spec. The CTC
+decoder (1x1 conv, under 1 % of the MACs) stays float, so the logits are not rounded to 8 bits.
 """
 
 from __future__ import annotations
@@ -89,6 +90,7 @@ class EagerBackend(Backend):
             weight = tq.MinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_tensor_symmetric)
         activation = OBSERVERS[cal.observer].with_args(dtype=torch.quint8, reduce_range=cal.reduce_range)
         model.qconfig = tq.QConfig(activation=activation, weight=weight)
+        model.decoder.qconfig = None  # float CTC logits: 8-bit ones flip the argmax of near-tied frames
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return tq.prepare(model)

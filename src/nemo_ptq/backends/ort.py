@@ -10,8 +10,9 @@ Presets are named by the CPU they suit: `avx512_vnni` (U8 activations, S8 per-ch
 the fast path on VNNI), `avx2` (same with 7-bit ranges, against u8*s8 overflow without VNNI),
 and `ort_defaults` (exactly `quantize_static`'s default arguments: S8/S8 per-tensor, no
 pre-processing, every op type ORT can quantize) as the peer baseline. Fields set in params
-override the preset. The ISA presets quantize weight layers, adds and ReLUs only, and keep
-products of two activations (attention scores) in float.
+override the preset. The ISA presets quantize weight layers, adds and ReLUs only, keep products of
+two activations (attention scores) in float, and run the last weight layer (the CTC logits) in
+float on 8-bit inputs (`float_logits`).
 """
 
 from __future__ import annotations
@@ -41,12 +42,14 @@ QUANT_TYPES = ("u8", "s8")
 WEIGHT_LAYERS_AND_ADDS = ["Conv", "MatMul", "Gemm", "Add", "Relu"]
 PRESETS = {
     "avx512_vnni": {"activation_type": "u8", "weight_type": "s8", "per_channel": True, "reduce_range": False,
-                    "preprocess": True, "op_types_to_quantize": WEIGHT_LAYERS_AND_ADDS},
+                    "preprocess": True, "op_types_to_quantize": WEIGHT_LAYERS_AND_ADDS, "float_logits": True},
     "avx2": {"activation_type": "u8", "weight_type": "s8", "per_channel": True, "reduce_range": True,
-             "preprocess": True, "op_types_to_quantize": WEIGHT_LAYERS_AND_ADDS},
+             "preprocess": True, "op_types_to_quantize": WEIGHT_LAYERS_AND_ADDS, "float_logits": True},
     "ort_defaults": {"activation_type": "s8", "weight_type": "s8", "per_channel": False, "reduce_range": False,
-                     "preprocess": False, "op_types_to_quantize": []},  # []: every op ORT can quantize
+                     "preprocess": False, "op_types_to_quantize": [],  # []: every op ORT can quantize
+                     "float_logits": False},
 }
+WEIGHT_LAYER_OPS = {"Conv", "MatMul", "Gemm"}
 RANGES = "ranges.json"
 MODEL = "model.onnx"
 TOKENS = "tokens.txt"
@@ -78,6 +81,9 @@ class OrtConfig:
     reduce_range: bool | None = None
     preprocess: bool | None = None  # onnxruntime's quant_pre_process (shape inference, fusions)
     op_types_to_quantize: list[str] | None = None  # ONNX op types; [] = all that ORT supports
+    # Run the last weight layer (the CTC logits) in float on 8-bit inputs: ORT's INT8 conv writes
+    # 8-bit logits, whose coarse steps flip the argmax of near-tied frames (< 1 % of the MACs).
+    float_logits: bool | None = None
     nodes_to_exclude: list[str] = field(default_factory=list)  # ONNX node names kept in FP32
     calibration: OrtCalibration = field(default_factory=OrtCalibration)
 
@@ -87,7 +93,7 @@ class OrtConfig:
             if getattr(self, key) is None:
                 object.__setattr__(self, key, value)
         check_choices(self, {"activation_type": QUANT_TYPES, "weight_type": QUANT_TYPES})
-        check_flags(self, ("per_channel", "reduce_range", "preprocess"))
+        check_flags(self, ("per_channel", "reduce_range", "preprocess", "float_logits"))
         for key in ("nodes_to_exclude", "op_types_to_quantize"):
             value = getattr(self, key)
             if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
@@ -173,6 +179,8 @@ class OrtBackend(Backend):
         exclude = list(self.config.nodes_to_exclude)
         if self.config.op_types_to_quantize:  # a chosen op list: attention products stay float too
             exclude += _activation_matmuls(graph)
+        if self.config.float_logits:
+            exclude.append(logits_layer(graph))
         quantize_static(
             str(model_fp32), str(out_path), None, quant_format=QuantFormat.QDQ,
             per_channel=self.config.per_channel, reduce_range=self.config.reduce_range,
@@ -221,6 +229,18 @@ def _activation_matmuls(model: onnx.ModelProto) -> list[str]:
     constants |= {out for node in model.graph.node if node.op_type == "Constant" for out in node.output}
     return [node.name for node in model.graph.node
             if node.op_type == "MatMul" and not any(name in constants for name in node.input)]
+
+
+def logits_layer(model: onnx.ModelProto) -> str:
+    """The weight layer (Conv, MatMul, Gemm) that computes the graph's output, found by walking back
+    from the output through the ops in between (transpose, log-softmax)."""
+    producer = {out: node for node in model.graph.node for out in node.output}
+    node = producer.get(model.graph.output[0].name)
+    while node is not None and node.op_type not in WEIGHT_LAYER_OPS:
+        node = next((producer[name] for name in node.input if name in producer), None)
+    if node is None:
+        raise ConfigError("no Conv/MatMul/Gemm computes this model's output: set float_logits: false")
+    return node.name
 
 
 def _method(name: str):

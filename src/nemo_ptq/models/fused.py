@@ -158,7 +158,7 @@ class FusedCTC(nn.Module):
         xs = [self.quant(features)]
         for block in self.blocks:
             xs = block(xs)
-        return self.dequant(self.decoder(xs[-1]))
+        return self.decoder(self.dequant(xs[-1]))
 
     def masked_logits(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits of a zero-padded batch with `lengths` valid frames per row, masked as NeMo does, so
@@ -166,7 +166,7 @@ class FusedCTC(nn.Module):
         xs = [self.quant(features)]
         for block in self.blocks:
             xs, lengths = block.masked(xs, lengths)
-        return self.dequant(self.decoder(xs[-1])), lengths
+        return self.decoder(self.dequant(xs[-1])), lengths
 
     def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
         for block in self.blocks:
