@@ -7,7 +7,7 @@ import pytest
 
 from nemo_ptq.errors import DataError
 from nemo_ptq.evaluation.decoding import CtcVocabulary
-from nemo_ptq.evaluation.latency import latency_stats, speech_like_signal, time_interleaved
+from nemo_ptq.evaluation.latency import latency_stats, speech_like_signal, time_in_blocks
 from nemo_ptq.evaluation.scoring import score_sets
 from nemo_ptq.evaluation.sysinfo import cpu_info
 from nemo_ptq.evaluation.transcripts import Transcript
@@ -107,7 +107,7 @@ def test_score_sets_pools_by_set_kind_and_overall():
     assert "wer_vs_fp32" not in score_sets(rows, {"real1": "real", "synth": "synthetic"})["overall"]
 
 
-def test_latency_stats_and_interleaving():
+def test_latency_stats_and_blocks():
     stats = latency_stats([0.010, 0.030, 0.020, 0.040, 0.100], audio_s=2.0)
     assert stats.median_ms == pytest.approx(30.0)
     assert stats.p90_ms == pytest.approx(76.0)  # linear interpolation between 40 and 100
@@ -115,9 +115,10 @@ def test_latency_stats_and_interleaving():
     with pytest.raises(ValueError):
         latency_stats([], 1.0)
     calls = []
-    timings = time_interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, 1, 3)
-    assert calls == ["a", "b", "a", "b", "b", "a", "a", "b"]  # warm-up, then rotating rounds
-    assert [len(v) for v in timings.values()] == [3, 3]
+    timings = time_in_blocks({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, 1, 5, 2)
+    # warm-up, then 2 rounds in rotating order: an untimed run and a block of 3, then of 2, timed runs
+    assert "".join(calls) == "ab" + "aaaa" + "bbbb" + "bbb" + "aaa"
+    assert [len(v) for v in timings.values()] == [5, 5]
 
 
 def test_speech_like_signal_is_fixed_and_bounded():
@@ -131,3 +132,17 @@ def test_cpu_info_reads_isa_flags(tmp_path):
     cpuinfo.write_text("processor\t: 0\nmodel name\t: Test CPU 9000\nflags\t\t: fpu avx2 avx512f avx512_vnni amx_tile\n"
                        "processor\t: 1\nmodel name\t: Other\n")
     assert cpu_info(cpuinfo) == {"model": "Test CPU 9000", "isa": ["avx2", "avx512f", "avx512_vnni", "amx_tile"]}
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"timed_rounds": 0}, "timed_rounds must be >= 1"),
+    ({"timed_runs": 0}, "timed_runs must be >= 1"),
+    ({"threads": 0}, "threads must be >= 1"),
+])
+def test_evaluate_params_name_the_bad_value(values, message):
+    from nemo_ptq.backends.base import parse_dataclass
+    from nemo_ptq.errors import ConfigError
+    from nemo_ptq.params import EvaluateParams
+
+    with pytest.raises(ConfigError, match=message):
+        parse_dataclass(EvaluateParams, values, where="evaluate")

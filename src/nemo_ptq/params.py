@@ -56,6 +56,7 @@ class EvaluateParams:
     latency_audio_s: float = 10.0
     warmup_runs: int = 3
     timed_runs: int = 15
+    timed_rounds: int = 3  # timed runs are split into this many alternating blocks (at most timed_runs)
 
     def __post_init__(self) -> None:
         if int(self.threads) < 1:
@@ -66,3 +67,5 @@ class EvaluateParams:
             raise ValueError(f"warmup_runs must be >= 0, got {self.warmup_runs}")
         if int(self.timed_runs) < 1:
             raise ValueError(f"timed_runs must be >= 1, got {self.timed_runs}")
+        if int(self.timed_rounds) < 1:
+            raise ValueError(f"timed_rounds must be >= 1, got {self.timed_rounds}")

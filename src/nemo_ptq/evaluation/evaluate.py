@@ -34,7 +34,7 @@ from nemo_ptq.data.text import normalize_text
 from nemo_ptq.errors import ConfigError, DataError
 from nemo_ptq.evaluation.decoding import CtcVocabulary, read_card
 from nemo_ptq.evaluation.fp32 import MODEL_FILE, NemoEagerRunner, latency_features, load_fp32, state_dict_bytes
-from nemo_ptq.evaluation.latency import latency_stats, time_interleaved
+from nemo_ptq.evaluation.latency import latency_stats, time_in_blocks
 from nemo_ptq.evaluation.scoring import score_sets
 from nemo_ptq.evaluation.sysinfo import system_info
 from nemo_ptq.evaluation.transcripts import Transcript, read_hypotheses
@@ -137,7 +137,7 @@ def evaluate(
     calls = {FP32: lambda: fp32_runner(features)}
     if runner is not fp32_runner:
         calls[variant] = lambda: runner(features)
-    timings = time_interleaved(calls, params.warmup_runs, params.timed_runs)
+    timings = time_in_blocks(calls, params.warmup_runs, params.timed_runs, params.timed_rounds)
 
     nemo_bytes = (Path(model_dir) / MODEL_FILE).stat().st_size
     metrics = build_metrics(
@@ -192,6 +192,7 @@ def build_metrics(*, variant: str, backend: str, scores: dict, timings: dict[str
             "audio_s": params.latency_audio_s,
             "threads": params.threads,
             "warmup_runs": params.warmup_runs,
+            "timed_rounds": params.timed_rounds,
             "runs_ms": [round(1000 * t, 3) for t in timings[variant]],
             "fp32_runs_ms": [round(1000 * t, 3) for t in timings[FP32]],
         },

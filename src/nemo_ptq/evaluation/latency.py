@@ -1,7 +1,7 @@
-"""Latency: a fixed speech-like test signal, interleaved timing, and robust summary statistics.
+"""Latency: a fixed speech-like test signal, timing in alternating blocks, and robust summary statistics.
 
 Timing on a shared CPU drifts by ±15 % between runs (FACTS.md), so a variant is always timed in
-the same process as NeMo's FP32 eager model, round by round, and reported as a median.
+the same process as NeMo's FP32 eager model, in alternating blocks of runs, and reported as a median.
 """
 
 from __future__ import annotations
@@ -46,19 +46,29 @@ def latency_stats(seconds: Sequence[float], audio_s: float) -> LatencyStats:
     return LatencyStats(median_ms=median, p90_ms=float(np.percentile(ms, 90)), rtf=median / 1000.0 / audio_s)
 
 
-def time_interleaved(
-    calls: Mapping[str, Callable[[], object]], warmup_runs: int, timed_runs: int
+def time_in_blocks(
+    calls: Mapping[str, Callable[[], object]], warmup_runs: int, timed_runs: int, rounds: int
 ) -> dict[str, list[float]]:
-    """Warm each call up, then time them round-robin; the order rotates so no call always goes first."""
+    """Warm each call up, then time `rounds` sweeps over the calls, each call a block of about
+    timed_runs / rounds runs after one untimed run; the order rotates so no call always goes first.
+
+    Blocks, not alternating single calls: ONNX Runtime's and OpenVINO's thread pools keep spinning
+    after a call and slow the next call of another runtime down (OpenVINO INT8 measured 2.2x slower
+    alternating with NeMo's eager model than in blocks); the untimed run lets that settle.
+    """
     names = list(calls)
     for name in names:
         for _ in range(warmup_runs):
             calls[name]()
     timings: dict[str, list[float]] = {name: [] for name in names}
-    for round_index in range(timed_runs):
+    rounds = min(rounds, timed_runs)
+    per_round = [timed_runs // rounds + (1 if r < timed_runs % rounds else 0) for r in range(rounds)]
+    for round_index, block in enumerate(per_round):
         shift = round_index % len(names)
         for name in names[shift:] + names[:shift]:
-            start = time.perf_counter()
             calls[name]()
-            timings[name].append(time.perf_counter() - start)
+            for _ in range(block):
+                start = time.perf_counter()
+                calls[name]()
+                timings[name].append(time.perf_counter() - start)
     return timings
