@@ -72,3 +72,25 @@ def test_int8_artifact_is_at_most_027_of_the_nemo_checkpoint(tmp_path):
     backend.calibrate(fused, _features(1, 100), tmp_path / "cal")
     backend.quantize(fused, tmp_path / "cal", tmp_path / "q")
     assert backend.describe(tmp_path / "q").size_bytes <= 0.27 * (tmp_path / "fp32.nemo").stat().st_size
+
+
+def test_artifact_stores_int8_weights_without_zero_points_and_loads_them_exactly(tmp_path, tiny_fused):
+    import torch
+
+    from nemo_ptq.backends.eager import _convert
+
+    backend = get_backend("v", _entry("onednn"))
+    backend.calibrate(tiny_fused, _features(), tmp_path / "cal")
+    backend.quantize(tiny_fused, tmp_path / "cal", tmp_path / "q")
+    saved = torch.load(tmp_path / "q" / "model.int8.pt", weights_only=True)
+    weights = saved["symmetric_per_channel_weights"]
+    assert weights and all(w["int8"].dtype == torch.int8 for w in weights.values())
+    assert not any(isinstance(v, torch.Tensor) and v.is_quantized for v in saved["state"].values())
+
+    prepared = backend._prepared(tiny_fused)
+    prepared.load_state_dict(torch.load(tmp_path / "cal" / "observers.pt", weights_only=True))
+    in_memory = _convert(prepared)
+    features = _features(1, 150)[0][None]
+    with torch.inference_mode():
+        expected = in_memory(torch.from_numpy(features)).numpy()
+    assert np.array_equal(backend.load(tmp_path / "q", threads=1)(features), expected)

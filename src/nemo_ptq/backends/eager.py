@@ -113,7 +113,7 @@ class EagerBackend(Backend):
         model.load_state_dict(state)
         quantized = _convert(model)
         out_dir.mkdir(parents=True, exist_ok=True)
-        torch.save(quantized.state_dict(), out_dir / MODEL)
+        torch.save(_compact(quantized.state_dict()), out_dir / MODEL)
         (out_dir / SPEC_FILE).write_text(json.dumps(fused.spec.to_json()) + "\n")
         precisions = {name: _precision(m) for name, m in conv_layers(quantized).items()}
         macs = _conv_macs(fused)
@@ -125,7 +125,7 @@ class EagerBackend(Backend):
         torch.set_num_threads(threads)
         spec = FusedSpec.from_json(json.loads((artifact_dir / SPEC_FILE).read_text()))
         module = _convert(self._prepared(FusedCTC(spec)))
-        module.load_state_dict(torch.load(artifact_dir / MODEL, map_location="cpu", weights_only=True))
+        module.load_state_dict(_expanded(torch.load(artifact_dir / MODEL, map_location="cpu", weights_only=True)))
 
         def run(features: np.ndarray) -> np.ndarray:
             with torch.inference_mode():
@@ -140,6 +140,30 @@ class EagerBackend(Backend):
             size_bytes=sum((artifact_dir / name).stat().st_size for name in (MODEL, SPEC_FILE)),
             notes=f"torch eager, engine {self.config.engine}",
         )
+
+
+def _compact(state: dict) -> dict:
+    """The quantized state dict with each per-channel INT8 weight stored as its int8 values and
+    scales: symmetric weights have all-zero zero points, which torch would store as int64 per
+    output channel (0.5 MB for QuartzNet 15x5)."""
+    weights, rest = {}, {}
+    for key, value in state.items():
+        if (isinstance(value, torch.Tensor) and value.is_quantized and value.qscheme() == torch.per_channel_affine
+                and not value.q_per_channel_zero_points().any()):
+            weights[key] = {"int8": value.int_repr(), "scales": value.q_per_channel_scales(),
+                            "axis": value.q_per_channel_axis()}
+        else:
+            rest[key] = value
+    return {"state": rest, "symmetric_per_channel_weights": weights}
+
+
+def _expanded(saved: dict) -> dict:
+    state = dict(saved["state"])
+    for key, weight in saved["symmetric_per_channel_weights"].items():
+        zero_points = torch.zeros(weight["scales"].shape, dtype=torch.int64)
+        state[key] = torch._make_per_channel_quantized_tensor(weight["int8"], weight["scales"], zero_points,
+                                                              weight["axis"])
+    return state
 
 
 def _convert(prepared: nn.Module) -> nn.Module:
