@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nemo_ptq.cli import quiet_environment
+from nemo_ptq.cli import quiet_environment, run_stage
 
 
 def main() -> None:
@@ -51,10 +51,21 @@ def main() -> None:
     from nemo_ptq.models.loading import load_nemo
     from nemo_ptq.params import load_section
 
-    entries = {name: load_section("variants", args.params)[name] for name in args.variants}
+    shipped = load_section("variants", args.params) or {}
+    unknown = [name for name in args.variants if name not in shipped]
+    if unknown:
+        parser.error(f"no variant {', '.join(unknown)} in {args.params}; it has: {', '.join(shipped)}")
+    entries = {name: shipped[name] for name in args.variants}
     for item in args.entry:
         name, _, text = item.partition("=")
-        entries[name] = json.loads(text)
+        try:
+            entries[name] = json.loads(text)
+        except json.JSONDecodeError as error:
+            parser.error(f"--entry {name}: not JSON ({error.msg}): write NAME='{{\"backend\": \"ort\", ...}}'")
+    if not entries:
+        parser.error("name at least one variant (--variants) or give one with --entry")
+    if not args.manifest.is_file():
+        parser.error(f"manifest {args.manifest} not found")
     card = read_card(Path("data/model"))
     vocabulary = CtcVocabulary.from_card(card)
     fp32 = load_fp32(Path("data/fused"), Path("data/model"))
@@ -86,4 +97,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -111,3 +111,23 @@ def test_editing_one_variant_marks_only_its_stages(project):
     finally:
         (root / "params.yaml").write_text(original)
     assert changed == {"calibrate@onednn", "quantize@onednn", "evaluate@onednn"}
+
+
+def test_fidelity_benchmark_runs_on_the_pipeline_outputs(project):
+    """benchmarks/fidelity.py calibrates params.yaml's variants and ad-hoc entries from the
+    pipeline's calibration pool and reports one row per variant for a dev manifest."""
+    root, env = project
+    entry = json.dumps({"backend": "ort", "float_logits": False, "calibration": {"num_utterances": 3, "seed": 0}})
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "benchmarks" / "fidelity.py"), "--threads", "1",
+         "--manifest", "data/prepared/espeak_eval/manifest.jsonl", "--variants", "onednn",
+         "--entry", f"ort_8bit_logits={entry}"],
+        cwd=root, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "3 utterances from data/prepared/espeak_eval/manifest.jsonl; calibration pool: 4 utterances" in result.stdout
+    rows = {line.split("|")[1].strip(): line for line in result.stdout.splitlines() if line.startswith("| ")}
+    assert {"onednn", "ort_8bit_logits"} <= set(rows)
+    for name in ("onednn", "ort_8bit_logits"):
+        agreement = float(rows[name].split("|")[3].strip().rstrip("%"))
+        assert 0.0 <= agreement <= 100.0
