@@ -5,9 +5,10 @@ Conformer-CTC small (`--arch citrinet_256 | conformer_ctc_small`, NeMo's own mod
 off; a variant that fails on a model is reported as failed); every variant is calibrated on
 random features (speed and coverage only: accuracy needs a trained model and real speech),
 quantized into a temporary folder, loaded with the given threads and timed on one input of
-`--frames` feature frames (1000 = 10 s). The timed runs are split into rounds that sweep over all
-variants, so that load from other processes on the machine hits every variant alike; medians
-and interquartile ranges are reported.
+`--frames` feature frames (1000 = 10 s), with the evaluate stage's timing
+(`time_in_blocks`): the timed runs are split into rounds that sweep over all variants in blocks,
+so that load from other processes on the machine hits every variant alike; medians and
+interquartile ranges are reported.
 
     python benchmarks/export_backends.py --arch quartznet_15x5 --runs 15 --out bench.json
 """
@@ -26,6 +27,7 @@ import numpy as np
 import torch
 
 from nemo_ptq.cli import quiet_environment
+from nemo_ptq.evaluation.latency import time_in_blocks
 
 VARIANTS = {
     "Eager INT8 onednn (histogram)": {"backend": "eager", "engine": "onednn"},
@@ -103,23 +105,6 @@ def prepare_runners(fused, card, work: Path, threads: int, calibration: list[np.
     return runners, infos
 
 
-def time_blocks(runners: dict, features: np.ndarray, warmup: int, runs: int, rounds: int) -> dict[str, list[float]]:
-    """`rounds` sweeps over the variants, each a block of warm-up + timed runs. Blocks, not single
-    interleaved calls: ORT's and OpenVINO's thread pools spin after a call and would slow the
-    next variant down."""
-    times = {label: [] for label in runners}
-    per_round = max(1, runs // rounds)
-    for _ in range(rounds):
-        for label, run in runners.items():
-            for _ in range(warmup):
-                run(features)
-            for _ in range(per_round):
-                start = time.perf_counter()
-                run(features)
-                times[label].append((time.perf_counter() - start) * 1000)
-    return times
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", default="quartznet_15x5")
@@ -148,7 +133,9 @@ def main() -> None:
                                          ARCH_OVERRIDES.get(args.arch, {}))
         runners = {"NeMo FP32 eager": lambda x: nemo_log_probs(model, torch.from_numpy(x)).numpy(), **runners}
         torch.set_num_threads(args.threads)  # a backend's load may have changed it
-        times = time_blocks(runners, features, args.warmup, args.runs, args.rounds)
+        calls = {label: (lambda run=run: run(features)) for label, run in runners.items()}
+        times = {label: [1000 * t for t in seconds]
+                 for label, seconds in time_in_blocks(calls, args.warmup, args.runs, args.rounds).items()}
 
     rows = []
     for label, samples in times.items():
@@ -159,7 +146,8 @@ def main() -> None:
     rows += [{"variant": label, **info} for label, info in infos.items() if "failed" in info]
     nemo_ms = rows[0]["median_ms"]
     print(f"\n{args.arch}, {args.frames} frames, {args.threads} threads, {len(next(iter(times.values())))} runs in "
-          f"{args.rounds} rounds, {args.warmup} warm-up per block, {platform.processor() or platform.machine()}, "
+          f"{args.rounds} rounds, {args.warmup} warm-up runs each and one untimed run per block, "
+          f"{platform.processor() or platform.machine()}, "
           f"FP32 weights {fp32_bytes / 1e6:.1f} MB\n")
     print("| variant | median ms | IQR ms | vs NeMo FP32 | INT8 convs | INT8 MACs | size MB | × FP32 size |")
     print("|---|---|---|---|---|---|---|---|")
