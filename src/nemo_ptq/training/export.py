@@ -116,14 +116,14 @@ def render_markdown(card: dict) -> str:
 def _phase_lines(runs: list[dict]) -> list[str]:
     """One line per training run; a phase resumed from its own checkpoint has several runs, whose
     steps and epochs count from the phase's start."""
-    phases: list[str] = []
+    phase_dirs: list[str] = []  # one checkpoint folder per phase, in order
     lines = []
     for run in runs:
-        if run["checkpoint_dir"] not in phases:
-            phases.append(run["checkpoint_dir"])
-            label = f"phase {len(phases)}"
+        if run["checkpoint_dir"] not in phase_dirs:
+            phase_dirs.append(run["checkpoint_dir"])
+            label = f"phase {len(phase_dirs)}"
         else:
-            label = f"phase {phases.index(run['checkpoint_dir']) + 1}, resumed"
+            label = f"phase {phase_dirs.index(run['checkpoint_dir']) + 1}, resumed"
         threads = f" on {run['threads']} thread{'s' if run['threads'] > 1 else ''}" if "threads" in run else ""
         lines.append(f"  - {label}: {run['wall_minutes_this_run']} min{threads}, at step {run['global_step']} of the "
                      f"phase ({run['epochs']} epochs), best validation WER so far {run['best_val_wer']:.3f}")
