@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import json
 from pathlib import Path
 
@@ -11,7 +13,7 @@ import soundfile as sf
 
 from nemo_ptq.training.batching import DurationBatchSampler
 from nemo_ptq.training.heldout import HeldOut, assert_no_leaks, leaks, without_held_out
-from nemo_ptq.training.schedule import wall_clock_cosine
+from nemo_ptq.training.train import lr_factor
 from nemo_ptq.training.text import normalize_text, sample_sentences
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -40,12 +42,12 @@ def test_duration_batches_cover_every_clip_once_within_budget():
     assert sampler.batches(0) != sampler.batches(1)
 
 
-def test_wall_clock_cosine_warms_up_then_anneals_to_the_floor():
-    lr = lambda step, t: wall_clock_cosine(step, t, budget_s=100, warmup_steps=10, min_ratio=0.01)  # noqa: E731
-    assert lr(0, 0) == pytest.approx(0.1)
-    assert lr(50, 0) == pytest.approx(1.0)
-    assert lr(50, 50) == pytest.approx(0.505)
-    assert lr(50, 100) == pytest.approx(0.01) == lr(50, 500)
+def test_lr_warms_up_then_anneals_to_the_floor_at_max_steps():
+    lr = lambda step: lr_factor(step, max_steps=100, warmup_steps=10, min_ratio=0.01)  # noqa: E731
+    assert lr(0) == pytest.approx(0.1 * (0.01 + 0.99 * 0.5 * (1 + 1)))
+    assert lr(9) == pytest.approx(0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * 0.09)))
+    assert lr(50) == pytest.approx(0.505)
+    assert lr(100) == pytest.approx(0.01) == lr(500)
 
 
 def _row(path: str, text: str, voices=(), **extra) -> dict:
@@ -166,16 +168,15 @@ def _recipe_driver():
     return module
 
 
-def test_committed_phases_differ_only_in_training(monkeypatch):
-    """The one-command recipe runs the committed phase files in order; they must share the data."""
+def test_committed_recipe_resumes_from_the_committed_checkpoint(monkeypatch):
+    """The one-command recipe trains one phase whose checkpoint folder is in git, so a session resumes it."""
     from nemo_ptq.training.params import load_recipe_params
 
     monkeypatch.chdir(REPO_ROOT)
     run = _recipe_driver()
-    phases = [load_recipe_params(path) for path in run.PHASES]
-    run.check_phases_agree(phases, run.PHASES)
-    assert [p.train.checkpoint_dir for p in phases] == ["checkpoints", "checkpoints_finetune", "checkpoints_phase3"]
-    assert phases[2].train.init_from.startswith(phases[1].train.checkpoint_dir + "/")
+    (params,) = [load_recipe_params(path) for path in run.PHASES]
+    assert params.train.checkpoint_dir.startswith("recipes/embedded/")
+    assert not Path(params.train.checkpoint_dir).is_absolute()
 
 
 def test_phases_that_disagree_on_data_are_refused(tmp_path, monkeypatch):

@@ -15,36 +15,82 @@ from nemo_ptq.models.architectures import QUARTZNET_VOCABULARY, preprocessor_con
 EMBEDDED_MODEL = Path(__file__).resolve().parents[1] / "data" / "embedded" / "model.nemo"
 
 
-def _tiny_manifest(folder: Path) -> Path:
+def _tiny_features(folder: Path):
+    from nemo.collections.asr.modules import AudioToMelSpectrogramPreprocessor
+
+    from nemo_ptq.training.features import load_or_compute
+
     rng = np.random.default_rng(0)
-    lines = []
-    for i, text in enumerate(["hello world", "don't stop"]):
+    rows = []
+    for i, text in enumerate(["hello world", "don't stop", "one more"]):
         path = folder / f"clip{i}.wav"
         sf.write(path, (rng.standard_normal(16000) * 0.05).astype(np.float32), 16000)
-        lines.append(json.dumps({"audio_filepath": str(path), "duration": 1.0, "text": text}))
-    manifest = folder / "tiny_clips.jsonl"
-    manifest.write_text("\n".join(lines) + "\n")
-    return manifest
+        rows.append({"audio_filepath": str(path), "duration": 1.0, "text": text})
+    cfg = {k: v for k, v in preprocessor_config().items() if k != "_target_"}
+    return load_or_compute(rows, AudioToMelSpectrogramPreprocessor(**cfg), cfg, folder / "features.pt", "tiny")
 
 
-def test_two_step_training_run_checkpoints_and_exports(tmp_path):
+def _tiny_params(**changes):
+    from nemo_ptq.training.params import TrainParams
+
+    settings = dict(architecture="quartznet_tiny", max_steps=5, val_every_steps=2, max_duration_s=2.0,
+                    batch_seconds=2.0, precision="fp32", warmup_steps=2)
+    return dataclasses.replace(TrainParams(), **settings | changes)
+
+
+def test_feature_cache_is_reused_and_redone_when_a_clip_changes(tmp_path):
+    first = _tiny_features(tmp_path)
+    assert len(first) == 3 and all(f.shape[0] == 64 for f in first.features)
+    stamp = (tmp_path / "features.pt").stat().st_mtime_ns
+    assert _tiny_features(tmp_path).texts == first.texts
+    assert (tmp_path / "features.pt").stat().st_mtime_ns == stamp
+    sf.write(tmp_path / "clip0.wav", np.zeros(8000, np.float32), 16000)  # same rows: the cache key is the manifest
+    from nemo_ptq.training import features
+
+    rows = [{"audio_filepath": str(tmp_path / f"clip{i}.wav"), "duration": 1.0, "text": t}
+            for i, t in enumerate(["hello world", "don't stop", "one more changed"])]
+    assert features.manifest_digest(rows, {}) != features.manifest_digest(rows[:2], {})
+
+
+def test_resumed_training_matches_an_unbroken_run(tmp_path):
+    """Stopping after every step and resuming gives the weights of one uninterrupted run."""
+    import torch
+
+    from nemo_ptq.training.train import LAST_CHECKPOINT, train
+
+    feats = _tiny_features(tmp_path)
+    unbroken = train(_tiny_params(), feats, feats, tmp_path / "unbroken")
+    assert unbroken["step"] == 5 and [p["step"] for p in unbroken["curve"]] == [2, 4, 5]
+    for _ in range(5):
+        resumed = train(_tiny_params(), feats, feats, tmp_path / "resumed", minutes=0)  # stops after one step
+    assert resumed["step"] == 5 and len(resumed["runs"]) == 5
+    a = torch.load(tmp_path / "unbroken" / LAST_CHECKPOINT, weights_only=False)
+    b = torch.load(tmp_path / "resumed" / LAST_CHECKPOINT, weights_only=False)
+    for name, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][name]), name
+    assert [p["val_wer"] for p in a["progress"]["curve"]] == [p["val_wer"] for p in b["progress"]["curve"]]
+
+
+def test_training_starts_from_given_weights_and_exports(tmp_path):
+    import torch
     from nemo.collections.asr.models import EncDecCTCModel
 
     from nemo_ptq.training.export import export_model
-    from nemo_ptq.training.params import TrainParams
-    from nemo_ptq.training.train import load_checkpoint, train
+    from nemo_ptq.training.train import BEST_CHECKPOINT, LAST_CHECKPOINT, initial_weights, load_checkpoint, train
 
-    manifest = _tiny_manifest(tmp_path)
-    params = dataclasses.replace(TrainParams(), architecture="quartznet_tiny", max_epochs=2, val_every_steps=1,
-                                 batch_seconds=18.0, max_minutes=2.0)
-    summary = train(params, manifest, manifest, tmp_path / "ckpt")
-    assert summary["global_step"] == 2
-    assert (tmp_path / "ckpt" / "last.ckpt").is_file() and Path(summary["best_checkpoint"]).is_file()
-
-    export_model(load_checkpoint(Path(summary["best_checkpoint"])), tmp_path / "model.nemo")
+    feats = _tiny_features(tmp_path)
+    train(_tiny_params(max_steps=2), feats, feats, tmp_path / "first")
+    export_model(load_checkpoint(tmp_path / "first" / BEST_CHECKPOINT), tmp_path / "model.nemo")
     restored = EncDecCTCModel.restore_from(str(tmp_path / "model.nemo"), map_location="cpu")
     assert restored.spec_augmentation is None and restored.cfg.train_ds is None
     assert list(restored.decoder.vocabulary) == list(QUARTZNET_VOCABULARY)
+
+    second = train(_tiny_params(max_steps=1, lr=0.0), feats, feats, tmp_path / "second", tmp_path / "model.nemo")
+    assert second["init_from"]["sha256"] and second["init_from"]["path"].endswith("model.nemo")
+    after = torch.load(tmp_path / "second" / LAST_CHECKPOINT, weights_only=False)["state_dict"]
+    before = initial_weights(tmp_path / "model.nemo")
+    conv = next(k for k in before if k.endswith("conv.weight"))
+    assert torch.equal(after[conv], before[conv])  # lr 0: the weights are the given ones
 
 
 @pytest.mark.skipif(not EMBEDDED_MODEL.is_file(), reason="data/embedded/model.nemo not built yet")
@@ -59,17 +105,3 @@ def test_embedded_model_restores_offline_with_quartznet_settings():
         assert actual[key] == expected[key], key
     assert type(model.encoder).__name__ == "ConvASREncoder"
     assert EMBEDDED_MODEL.stat().st_size <= 30e6
-
-
-def test_model_card_labels_each_training_run_with_its_phase():
-    from nemo_ptq.training.export import _phase_lines
-
-    def run(folder, step, minutes):
-        return {"checkpoint_dir": folder, "global_step": step, "epochs": step / 100, "wall_minutes_this_run": minutes,
-                "best_val_wer": 0.5}
-
-    resumed = {**run("finetune", 300, 20), "threads": 2}
-    lines = _phase_lines([run("checkpoints", 100, 10), run("finetune", 50, 5), resumed])
-    assert [line.split(":")[0].strip() for line in lines] == ["- phase 1", "- phase 2", "- phase 2, resumed"]
-    assert "20 min on 2 threads, at step 300 of the phase (3.0 epochs)" in lines[2]
-    assert "10 min, at step 100" in lines[0]  # runs recorded before threads were

@@ -24,8 +24,7 @@ from nemo_ptq.errors import ConfigError, PipelineError
 from nemo_ptq.training import steps
 from nemo_ptq.training.params import load_recipe_params
 
-PHASES = [Path("recipes/embedded/params.yaml"), Path("recipes/embedded/params_phase2.yaml"),
-          Path("recipes/embedded/params_phase3.yaml")]
+PHASES = [Path("recipes/embedded/params.yaml")]
 PER_PHASE = {"train"}
 STEPS = {
     "synthesize": steps.synthesize,
@@ -40,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", type=Path, nargs="+", default=PHASES, help="one file per training phase")
     parser.add_argument("--steps", nargs="+", choices=list(STEPS), default=list(STEPS))
+    parser.add_argument("--minutes", type=float, help="stop training after this many minutes of this run "
+                        "(a checkpoint is saved; rerun to resume); SIGINT/SIGTERM also stop it cleanly")
     args = parser.parse_args(argv)
     quiet_environment()
     try:
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             for path, params in zip(args.params, phases) if name in PER_PHASE else [(args.params[-1], phases[-1])]:
                 print(f"== {name} ({path})", flush=True)
-                STEPS[name](params)
+                STEPS[name](params, args.minutes) if name == "train" else STEPS[name](params)
     except PipelineError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -26,6 +26,11 @@ def cpu_info(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict:
     }
 
 
+def has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether bf16 math runs in hardware (AVX512_BF16 or AMX); elsewhere oneDNN emulates it, slowly."""
+    return bool({"avx512_bf16", "amx_bf16"} & set(cpu_info(cpuinfo)["isa"]))
+
+
 def package_versions() -> dict[str, str]:
     versions = {"python": platform.python_version()}
     for name in PACKAGES:

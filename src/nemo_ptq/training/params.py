@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from nemo_ptq.backends.base import parse_dataclass
+from nemo_ptq.backends.base import check_choices, parse_dataclass
 from nemo_ptq.errors import ConfigError
 from nemo_ptq.models.architectures import ARCHITECTURES
 
@@ -17,6 +17,7 @@ class ManifestSource:
     name: str
     manifest: str
     include_prefix: str = ""  # keep only rows whose audio path, as written, starts with this
+    synthetic: bool = False  # TTS speech: counted as synthetic and not speed-perturbed
 
 
 @dataclass(frozen=True)
@@ -70,39 +71,47 @@ class HeldOutParams:
             raise ValueError("hold out at least two Kokoro voices")
 
 
+PRECISIONS = ("auto", "bf16", "fp32")
+OPTIMIZERS = ("adamw", "novograd")
+
+
 @dataclass(frozen=True)
 class TrainParams:
     architecture: str = "quartznet_5x5_half"
     dropout: float = 0.0
     spec_augment: bool = True
-    # Weights to start from: a lightning checkpoint relative to work_dir (e.g. an earlier phase's
-    # checkpoints/last.ckpt), or "" for random initialization. Optimizer state is not carried over.
+    # Weights to start from when checkpoint_dir holds no last.ckpt: a .nemo or a checkpoint of this
+    # loop (relative to the repository root), or "" for random initialization.
     init_from: str = ""
-    checkpoint_dir: str = "checkpoints"  # relative to work_dir; one folder per training phase
+    # Resumable checkpoints (last.ckpt, best.ckpt), relative to the repository root: committed, so
+    # that the next session resumes where this one stopped.
+    checkpoint_dir: str = "recipes/embedded/checkpoint"
     max_duration_s: float = 18.0
     batch_seconds: float = 64.0  # padded audio per training batch (batches are duration-bucketed)
     batch_size: int = 16  # validation and evaluation batches
     val_clips_per_source: int = 15
-    max_minutes: float = 75.0  # training budget; the LR schedule anneals over exactly this wall time
-    max_epochs: int = 200  # an upper bound only
-    optimizer: str = "novograd"
-    lr: float = 0.01
-    betas: list = field(default_factory=lambda: [0.8, 0.5])
+    max_steps: int = 30000  # length of the LR schedule; training ends there
+    optimizer: str = "adamw"
+    lr: float = 0.001
+    betas: list = field(default_factory=lambda: [0.9, 0.98])
     weight_decay: float = 0.001
     warmup_steps: int = 200
+    min_lr_ratio: float = 0.01  # the cosine ends at lr * min_lr_ratio
     gradient_clip: float = 0.0
+    precision: str = "auto"  # auto: bf16 autocast where the CPU has AVX512_BF16/AMX, else fp32
     threads: int = 2
     seed: int = 0
-    val_every_steps: int = 150
-    checkpoint_minutes: float = 5.0
+    val_every_steps: int = 500  # validation WER (for the curve and the best checkpoint)
+    checkpoint_minutes: float = 5.0  # how often last.ckpt is refreshed (for resuming)
 
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURES:
             raise ValueError(f"unknown architecture {self.architecture!r}; choose one of: {', '.join(ARCHITECTURES)}")
+        check_choices(self, {"precision": PRECISIONS, "optimizer": OPTIMIZERS})
         if self.batch_seconds < self.max_duration_s:
             raise ValueError("batch_seconds must be at least max_duration_s")
-        if self.max_epochs < 1 or self.max_minutes <= 0 or self.batch_size < 1:
-            raise ValueError("max_epochs, max_minutes and batch_size must be positive")
+        if min(self.max_steps, self.batch_size, self.val_every_steps, self.threads) < 1:
+            raise ValueError("max_steps, batch_size, val_every_steps and threads must be positive")
 
 
 @dataclass(frozen=True)

@@ -115,7 +115,7 @@ def build_manifests(params: RecipeParams) -> None:
     kept = within_duration(without_held_out(candidates, held_out), params.train.max_duration_s)
     print(f"{len(candidates) - len(kept)} of {len(candidates)} candidate clips dropped (held out or too long)")
     train_rows, val_rows = split_validation(kept, params.train.val_clips_per_source, params.train.seed)
-    real_names = {s.name for s in params.real.sets}
+    real_names = {s.name for s in params.real.sets if not s.synthetic}
     real_train = [row for row in train_rows if row["source"] in real_names]
     perturbed = perturbed_copies(real_train, params.real.speed_perturb, paths.perturbed_audio)
     train_rows += within_duration(perturbed, params.train.max_duration_s)
@@ -156,24 +156,39 @@ def write_json(path: Path, value: dict) -> None:
 EVAL_SETS = ("test_other", "kokoro_heldout", "val")
 
 
-def train(params: RecipeParams) -> None:
+def feature_sets(params: RecipeParams, names: tuple[str, ...] = ("train", "val")) -> dict:
+    """Cached log-mel features of the named manifests (computed on first use, redone when a manifest changes)."""
+    from nemo.collections.asr.modules import AudioToMelSpectrogramPreprocessor
+
+    from nemo_ptq.models.architectures import preprocessor_config
+    from nemo_ptq.training.features import load_or_compute
+
+    paths = WorkPaths(params.work_path)
+    cfg = {k: v for k, v in preprocessor_config().items() if k != "_target_"}
+    preprocessor = AudioToMelSpectrogramPreprocessor(**cfg)
+    return {name: load_or_compute(read_manifest(paths.manifest(name)), preprocessor, cfg,
+                                  paths.root / "features" / f"{name}.pt", desc=f"features {name}")
+            for name in names}
+
+
+def train(params: RecipeParams, minutes: float | None = None) -> None:
     from nemo_ptq.training import train as training
 
     paths = WorkPaths(params.work_path)
-    report_path = paths.reports / "train.json"
-    previous = json.loads(report_path.read_text()) if report_path.is_file() else {}
-    init_from = paths.root / params.train.init_from if params.train.init_from else None
-    summary = training.train(params.train, paths.manifest("train"), paths.manifest("val"),
-                             paths.root / params.train.checkpoint_dir, init_from)
-    # Wall time adds up over resumed runs; the hardware is the machine that ran the latest one.
-    summary["wall_minutes_total"] = round(previous.get("wall_minutes_total", 0) + summary["wall_minutes_this_run"], 1)
-    summary["hardware"] = hardware_description(params.train.threads)
-    summary["phases"] = previous.get("phases", []) + [{key: summary[key] for key in ("global_step", "epochs",
-                                                       "wall_minutes_this_run", "best_val_wer")}
-                                                      | {"checkpoint_dir": params.train.checkpoint_dir,
-                                                         "threads": params.train.threads}]
-    write_json(report_path, summary)
-    print(json.dumps(summary, indent=1))
+    sets = feature_sets(params)
+    init_from = Path(params.train.init_from) if params.train.init_from else None
+    progress = training.train(params.train, sets["train"], sets["val"], Path(params.train.checkpoint_dir),
+                              init_from, minutes=minutes)
+    checkpoint_dir = Path(params.train.checkpoint_dir)
+    best = checkpoint_dir / training.BEST_CHECKPOINT
+    summary = {key: progress.get(key) for key in ("step", "epoch", "minutes", "best_val_wer", "best_step")}
+    summary["best_checkpoint"] = str(best if best.is_file() else checkpoint_dir / training.LAST_CHECKPOINT)
+    summary["steps_per_epoch"] = len(training.DurationBatchSampler(
+        [f / training.FRAMES_PER_SECOND for f in sets["train"].frames], params.train.batch_seconds,
+        seed=params.train.seed))
+    summary |= {"runs": progress["runs"], "curve": progress["curve"], "init_from": progress.get("init_from")}
+    write_json(paths.reports / "train.json", summary)
+    print(json.dumps({k: v for k, v in summary.items() if k not in ("runs", "curve")}, indent=1))
 
 
 def evaluate(params: RecipeParams) -> None:
@@ -201,13 +216,3 @@ def export(params: RecipeParams) -> None:
     card = write_model_card(params, reports, model_path, restore_seconds(model_path),
                             Path(params.export.card_json), Path(params.export.card_markdown))
     print(json.dumps({k: card[k] for k in ("parameters", "size_mb", "restore_seconds")}, indent=1))
-
-
-def hardware_description(threads: int) -> str:
-    import platform
-
-    import torch
-
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    return f"{cpu}, {threads} thread{'s' if threads > 1 else ''}, CPU only (torch {torch.__version__})"

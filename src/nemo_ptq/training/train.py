@@ -1,133 +1,266 @@
-"""Training an EncDecCTCModel with NeMo's own training step and a lightning Trainer on CPU."""
+"""Training an EncDecCTCModel on CPU from cached features: a plain loop, resumable step by step.
+
+NeMo's modules do the work (encoder, decoder, SpectrogramAugmentation, CTC loss); what lightning
+did for the old recipe (loop, checkpoints, validation) is a few lines here, measured faster
+(benchmarks/training_step.py, README). Checkpoints hold everything a resume needs: weights,
+optimizer, step, data position, RNG states, the learning curve and every run's hardware, so a
+later session continues on another machine exactly where this one stopped.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import math
+import random
+import signal
 import time
-from datetime import timedelta
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import OmegaConf
+from tqdm import tqdm
 
+from nemo_ptq.evaluation.sysinfo import cpu_info, has_native_bf16
 from nemo_ptq.models.architectures import QUARTZNET_VOCABULARY, quartznet_config
 from nemo_ptq.training.batching import DurationBatchSampler
+from nemo_ptq.training.features import FeatureSet, collate
 from nemo_ptq.training.params import TrainParams
-from nemo_ptq.training.schedule import WallClockCosineLR
 
 LAST_CHECKPOINT = "last.ckpt"
 BEST_CHECKPOINT = "best.ckpt"
+FRAMES_PER_SECOND = 100  # 10 ms feature stride
 
 
-def dataset_config(manifest: Path, *, shuffle: bool, batch_size: int, max_duration_s: float) -> dict:
-    return {
-        "manifest_filepath": str(manifest),
-        "labels": list(QUARTZNET_VOCABULARY),
-        "sample_rate": 16000,
-        "batch_size": batch_size,
-        "shuffle": shuffle,
-        "max_duration": max_duration_s,
-        "min_duration": 0.1,
-        "trim_silence": False,
-        # Decoding audio is cheap next to the model; a worker process would only compete for 2 cores.
-        "num_workers": 0,
-        "pin_memory": False,
-    }
+def use_bf16(precision: str) -> bool:
+    """`auto` takes bf16 autocast only where the CPU computes bf16 natively (emulated bf16 is slower)."""
+    return precision == "bf16" or (precision == "auto" and has_native_bf16())
 
 
-def training_config(params: TrainParams, train_manifest: Path, val_manifest: Path) -> DictConfig:
-    """QuartzNet config plus datasets, SpecAugment and the optimizer (the LR schedule is a callback)."""
-    cfg = quartznet_config(params.architecture, dropout=params.dropout, spec_augment=params.spec_augment)
-    with open_dict(cfg):
-        cfg.train_ds = dataset_config(train_manifest, shuffle=True, batch_size=params.batch_size,
-                                      max_duration_s=params.max_duration_s)
-        cfg.validation_ds = dataset_config(val_manifest, shuffle=False, batch_size=params.batch_size,
-                                           max_duration_s=params.max_duration_s)
-        cfg.optim = {
-            "name": params.optimizer,
-            "lr": params.lr,
-            "betas": list(params.betas),
-            "weight_decay": params.weight_decay,
-        }
-    return cfg
+def lr_factor(step: int, *, max_steps: int, warmup_steps: int, min_ratio: float) -> float:
+    """Linear warmup, then a cosine from 1 down to `min_ratio` at `max_steps`."""
+    warmup = min(1.0, (step + 1) / max(1, warmup_steps))
+    progress = min(1.0, step / max(1, max_steps))
+    return warmup * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def use_duration_batches(model, params: TrainParams) -> int:
-    """Replace NeMo's shuffled loader by duration-bucketed batches; returns batches per epoch."""
-    dataset = model._train_dl.dataset
-    durations = [item.duration for item in dataset.manifest_processor.collection]
-    sampler = DurationBatchSampler(durations, params.batch_seconds, seed=params.seed)
-    model._train_dl = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=dataset.collate_fn,
-                                                  num_workers=0)
-    return len(sampler)
-
-
-def build_trainer(params: TrainParams, checkpoint_dir: Path):
-    from lightning.pytorch import Trainer
-    from lightning.pytorch.callbacks import ModelCheckpoint
-    from lightning.pytorch.loggers import CSVLogger
-
-    periodic = ModelCheckpoint(dirpath=checkpoint_dir, save_last=True, save_top_k=0,
-                               train_time_interval=timedelta(minutes=params.checkpoint_minutes))
-    best = ModelCheckpoint(dirpath=checkpoint_dir, filename="best", monitor="val_wer", mode="min", save_top_k=1,
-                           enable_version_counter=False)
-    schedule = WallClockCosineLR(params.lr, params.warmup_steps)
-    return Trainer(
-        accelerator="cpu", devices=1, max_epochs=params.max_epochs,
-        # The Timer's elapsed time is saved in checkpoints, so the budget holds across resumes.
-        max_time=timedelta(minutes=params.max_minutes),
-        val_check_interval=params.val_every_steps, check_val_every_n_epoch=None,
-        gradient_clip_val=params.gradient_clip or None,
-        callbacks=[schedule, periodic, best], logger=CSVLogger(checkpoint_dir, name="log"), log_every_n_steps=20,
-        enable_model_summary=False, num_sanity_val_steps=0,
-    )
-
-
-def train(params: TrainParams, train_manifest: Path, val_manifest: Path, checkpoint_dir: Path,
-          init_from: Path | None = None) -> dict:
-    """Train (or resume from `last.ckpt`); returns a summary with the checkpoint to export.
-
-    `init_from` starts a new run from another run's weights (not its optimizer or schedule).
-    """
-    from lightning.pytorch import seed_everything
+def build_model(params: TrainParams):
     from nemo.collections.asr.models import EncDecCTCModel
 
+    cfg = quartznet_config(params.architecture, dropout=params.dropout, spec_augment=params.spec_augment)
+    torch.manual_seed(params.seed)
+    return EncDecCTCModel(cfg=cfg)
+
+
+def augmentation_rngs(model) -> list[random.Random]:
+    """NeMo's SpecAugment draws its masks from its own `random.Random`, seeded from the OS: these
+    are seeded here and saved in checkpoints, so a resumed run draws what an unbroken one would."""
+    if model.spec_augmentation is None:
+        return []
+    return [m._rng for m in model.spec_augmentation.modules() if isinstance(getattr(m, "_rng", None), random.Random)]
+
+
+def initial_weights(path: Path) -> dict:
+    """A state dict from a `.nemo` or from a checkpoint of this loop."""
+    if path.suffix == ".nemo":
+        from nemo.collections.asr.models import EncDecCTCModel
+
+        return EncDecCTCModel.restore_from(str(path), map_location="cpu").state_dict()
+    return torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+
+
+def _file_identity(path: Path | None) -> dict | None:
+    if path is None:
+        return None
+    return {"path": str(path), "sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest()}
+
+
+def build_optimizer(params: TrainParams, model) -> torch.optim.Optimizer:
+    if params.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=params.lr, betas=tuple(params.betas),
+                                 weight_decay=params.weight_decay)
+    from nemo.core.optim import Novograd
+
+    return Novograd(model.parameters(), lr=params.lr, betas=tuple(params.betas), weight_decay=params.weight_decay)
+
+
+def ctc_loss(model, features, lengths, targets, target_lengths, bf16: bool, augment: bool) -> torch.Tensor:
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        if augment and model.spec_augmentation is not None:
+            features = model.spec_augmentation(input_spec=features, length=lengths)
+        encoded, encoded_lengths = model.encoder(audio_signal=features, length=lengths)
+        log_probs = model.decoder(encoder_output=encoded)
+    return model.loss(log_probs=log_probs.float(), targets=targets, input_lengths=encoded_lengths,
+                      target_lengths=target_lengths)
+
+
+@torch.inference_mode()
+def greedy_transcripts(model, feature_set: FeatureSet, batch_size: int, bf16: bool = False) -> list[str]:
+    """Greedy CTC decoding (collapse repeats, drop blanks) of every clip, in its own order."""
+    model.eval()
+    blank = len(QUARTZNET_VOCABULARY)
+    order = sorted(range(len(feature_set)), key=lambda i: feature_set.features[i].shape[1])
+    texts: dict[int, str] = {}
+    for start in range(0, len(order), batch_size):
+        indices = order[start:start + batch_size]
+        features, lengths, _, _ = collate(feature_set, indices)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            encoded, encoded_lengths = model.encoder(audio_signal=features, length=lengths)
+            best = model.decoder(encoder_output=encoded).argmax(-1)
+        for row, index in enumerate(indices):
+            ids = torch.unique_consecutive(best[row, : int(encoded_lengths[row])]).tolist()
+            texts[index] = "".join(QUARTZNET_VOCABULARY[i] for i in ids if i != blank)
+    return [" ".join(texts[i].split()) for i in range(len(feature_set))]
+
+
+def validation_wer(model, feature_set: FeatureSet, batch_size: int, bf16: bool) -> float:
+    from nemo_ptq.training.evaluation import error_rates
+
+    return error_rates(feature_set.texts, greedy_transcripts(model, feature_set, batch_size, bf16))["wer"]
+
+
+class StopRequest:
+    """SIGINT/SIGTERM end the run at the next step boundary, after a checkpoint (not mid-write)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    @contextlib.contextmanager
+    def installed(self):
+        previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield self
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+
+
+def save_atomically(state: dict, path: Path) -> None:
+    partial = path.with_suffix(".partial")
+    torch.save(state, partial)
+    partial.replace(path)
+
+
+def run_description(params: TrainParams, bf16: bool) -> dict:
+    cpu = cpu_info()
+    return {"cpu": cpu["model"], "isa": cpu["isa"], "threads": params.threads, "bf16": bf16,
+            "torch": torch.__version__}
+
+
+def train(params: TrainParams, train_set: FeatureSet, val_set: FeatureSet, checkpoint_dir: Path,
+          init_from: Path | None = None, minutes: float | None = None) -> dict:  # noqa: C901
+    """Train to `params.max_steps` (or for `minutes` of this run, or until SIGINT/SIGTERM).
+
+    Resumes from `checkpoint_dir/last.ckpt` when it exists; otherwise starts from `init_from`'s
+    weights (a `.nemo` or checkpoint) or from random ones. Returns the checkpoint's history.
+    """
     torch.set_num_threads(params.threads)
-    seed_everything(params.seed, workers=True)
     checkpoint_dir = Path(checkpoint_dir)
-    model = EncDecCTCModel(cfg=training_config(params, train_manifest, val_manifest))
-    steps_per_epoch = use_duration_batches(model, params)
-    trainer = build_trainer(params, checkpoint_dir)
-    model.set_trainer(trainer)
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    bf16 = use_bf16(params.precision)
+    model = build_model(params)
+    optimizer = build_optimizer(params, model)
+    sampler = DurationBatchSampler([f / FRAMES_PER_SECOND for f in train_set.frames], params.batch_seconds,
+                                   seed=params.seed)
     last = checkpoint_dir / LAST_CHECKPOINT
-    if init_from is not None and not last.is_file():
-        state = torch.load(init_from, map_location="cpu", weights_only=False)["state_dict"]
-        model.load_state_dict(state)
+    if last.is_file():
+        state = torch.load(last, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["state_dict"])
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"]["torch"])
+        for rng, saved in zip(augmentation_rngs(model), state["rng"]["augment"], strict=True):
+            rng.setstate(saved)
+        progress = state["progress"]
+        print(f"resuming at step {progress['step']} (epoch {progress['epoch']}, "
+              f"{progress['minutes']:.1f} min trained so far)", flush=True)
+    else:
+        if init_from is not None:
+            model.load_state_dict(initial_weights(init_from))
+        for index, rng in enumerate(augmentation_rngs(model)):
+            rng.seed(params.seed * 1000 + index)
+        progress = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "minutes": 0.0, "best_val_wer": None,
+                    "curve": [], "runs": [], "init_from": _file_identity(init_from)}
+    run = run_description(params, bf16) | {"start_step": progress["step"], "minutes": 0.0, "audio_hours": 0.0}
+    progress["runs"].append(run)
+    stop = StopRequest()
+    minutes_before = progress["minutes"]
     started = time.monotonic()
-    trainer.fit(model, ckpt_path=str(last) if last.is_file() else None)
-    best = checkpoint_dir / BEST_CHECKPOINT
-    return {
-        "steps_per_epoch": steps_per_epoch,
-        "epochs": round(trainer.global_step / steps_per_epoch, 2),
-        "global_step": trainer.global_step,
-        "wall_minutes_this_run": round((time.monotonic() - started) / 60, 1),
-        "best_checkpoint": str(best if best.is_file() else last),
-        "best_val_wer": _best_score(trainer),
-    }
+    last_saved = started
+    losses: list[float] = []
 
+    def checkpoint(path: Path) -> None:
+        save_atomically({"state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
+                         "hyper_parameters": {"cfg": OmegaConf.to_container(model.cfg)},
+                         "rng": {"torch": torch.get_rng_state(),
+                                 "augment": [rng.getstate() for rng in augmentation_rngs(model)]},
+                         "params": vars(params), "progress": progress}, path)
 
-def _best_score(trainer) -> float | None:
-    best = next(cb for cb in trainer.checkpoint_callbacks if cb.monitor == "val_wer")
-    return None if best.best_model_score is None else float(best.best_model_score)
+    def elapsed_minutes() -> float:
+        return (time.monotonic() - started) / 60
+
+    bar = tqdm(total=params.max_steps, initial=progress["step"], unit="step", mininterval=30, desc="train")
+    with stop.installed():
+        while progress["step"] < params.max_steps and not stop.requested:
+            batches = sampler.batches(progress["epoch"])
+            for indices in batches[progress["batch_in_epoch"]:]:
+                model.train()
+                for group in optimizer.param_groups:
+                    group["lr"] = params.lr * lr_factor(progress["step"], max_steps=params.max_steps,
+                                                        warmup_steps=params.warmup_steps,
+                                                        min_ratio=params.min_lr_ratio)
+                features, lengths, targets, target_lengths = collate(train_set, indices)
+                loss = ctc_loss(model, features, lengths, targets, target_lengths, bf16, params.spec_augment)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if params.gradient_clip:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), params.gradient_clip)
+                optimizer.step()
+                losses.append(float(loss.detach()))
+                progress["step"] += 1
+                progress["batch_in_epoch"] += 1
+                run["audio_hours"] += float(lengths.sum()) / FRAMES_PER_SECOND / 3600
+                bar.update(1)
+                now_minutes = elapsed_minutes()
+                run["minutes"] = round(now_minutes, 2)
+                if progress["step"] % params.val_every_steps == 0 or progress["step"] == params.max_steps:
+                    wer = validation_wer(model, val_set, params.batch_size, bf16)
+                    point = {"step": progress["step"], "epoch": round(progress["epoch"] + progress["batch_in_epoch"]
+                                                                      / len(batches), 3),
+                             "minutes": round(minutes_before + now_minutes, 1),
+                             "train_loss": round(sum(losses) / len(losses), 3), "val_wer": wer,
+                             "lr": optimizer.param_groups[0]["lr"]}
+                    losses.clear()
+                    progress["curve"].append(point)
+                    bar.write(f"step {point['step']}  epoch {point['epoch']:.2f}  loss {point['train_loss']:.1f}  "
+                              f"val WER {wer:.3f}")
+                    if progress["best_val_wer"] is None or wer < progress["best_val_wer"]:
+                        progress["best_val_wer"] = wer
+                        progress["best_step"] = progress["step"]
+                        checkpoint(checkpoint_dir / BEST_CHECKPOINT)
+                out_of_time = minutes is not None and now_minutes >= minutes
+                if (stop.requested or out_of_time or progress["step"] >= params.max_steps
+                        or time.monotonic() - last_saved >= 60 * params.checkpoint_minutes):
+                    break
+            if progress["batch_in_epoch"] >= len(batches):
+                progress["epoch"] += 1
+                progress["batch_in_epoch"] = 0
+            progress["minutes"] = round(minutes_before + elapsed_minutes(), 2)
+            checkpoint(last)
+            last_saved = time.monotonic()
+            if minutes is not None and elapsed_minutes() >= minutes:
+                break
+    bar.close()
+    return progress
 
 
 def load_checkpoint(checkpoint: Path):
-    """The EncDecCTCModel stored in a lightning checkpoint, in eval mode, with no data attached."""
+    """The EncDecCTCModel stored in a checkpoint of this loop, in eval mode, with no data attached."""
     from nemo.collections.asr.models import EncDecCTCModel
 
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    cfg = OmegaConf.create(state["hyper_parameters"]["cfg"])
-    with open_dict(cfg):
-        cfg.train_ds = cfg.validation_ds = cfg.test_ds = None
-    model = EncDecCTCModel(cfg=cfg)
+    model = EncDecCTCModel(cfg=OmegaConf.create(state["hyper_parameters"]["cfg"]))
     model.load_state_dict(state["state_dict"])
     return model.eval()
