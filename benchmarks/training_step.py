@@ -11,6 +11,9 @@ character rates) through one full optimizer step: forward, CTC loss, backward, A
 Rounds rotate over the variants, so load from other processes hits them alike; medians are reported.
 Lightning's own overhead is measured by the recipe's training runs, not here.
 
+`--depthwise` times instead one depthwise conv of each kernel size of the model, forward and backward,
+as NeMo's Conv1d and as a Conv2d with a 1 x K kernel (the form that PT2E inference uses), fp32 and bf16.
+
     python benchmarks/training_step.py --arch quartznet_5x5_half --threads 2 --out bench.json
 """
 
@@ -82,6 +85,32 @@ def step(model, optimizer, batch: dict, feats, feat_len, bf16: bool, mask: bool)
     optimizer.step()
 
 
+def depthwise_forms(arch: str, batch: int, frames: int, rounds: int) -> dict:
+    from nemo_ptq.models.architectures import ARCHITECTURES, quartznet_encoder_blocks
+
+    shapes = sorted({(b["filters"], b["kernel"][0]) for b in quartznet_encoder_blocks(ARCHITECTURES[arch])
+                     if b["separable"]})
+    results = {}
+    for channels, kernel in shapes:
+        conv1d = torch.nn.Conv1d(channels, channels, kernel, padding=kernel // 2, groups=channels)
+        conv2d = torch.nn.Conv2d(channels, channels, (1, kernel), padding=(0, kernel // 2), groups=channels)
+        x1 = torch.randn(batch, channels, frames, requires_grad=True)
+        x2 = x1.detach()[:, :, None, :].clone().requires_grad_(True)
+        for form, conv, x in (("conv1d", conv1d, x1), ("conv2d_1xk", conv2d, x2)):
+            for bf16 in (False, True):
+                times = []
+                for _ in range(rounds + 1):
+                    started = time.perf_counter()
+                    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                        out = conv(x)
+                    out.float().sum().backward()
+                    times.append(time.perf_counter() - started)
+                key = f"{channels}ch k{kernel} {form} {'bf16' if bf16 else 'fp32'}"
+                results[key] = round(1000 * statistics.median(times[1:]), 2)
+                print(f"  {key:32s} {results[key]:8.2f} ms forward+backward")
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", default="quartznet_5x5_half")
@@ -91,10 +120,17 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4, help="timed steps per variant and round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--only", nargs="*", help="substrings of variant names to run")
+    parser.add_argument("--depthwise", action="store_true", help="time depthwise conv forms instead of steps")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     quiet_environment()
     torch.set_num_threads(args.threads)
+    if args.depthwise:
+        print(f"depthwise convs of {args.arch}, batch {args.batch}, {int(args.seconds * 50)} frames after stride 2")
+        result = depthwise_forms(args.arch, args.batch, int(args.seconds * 50), args.rounds * args.steps)
+        if args.out:
+            args.out.write_text(json.dumps({"cpu": cpu_info(), "threads": args.threads, "ms": result}, indent=2) + "\n")
+        return
     variants = {name: v for name, v in VARIANTS.items() if not args.only or any(s in name for s in args.only)}
     if not has_native_bf16():
         print("this CPU has no native bf16 (AVX512_BF16/AMX): bf16 autocast is emulated and slow")

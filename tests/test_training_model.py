@@ -105,3 +105,16 @@ def test_embedded_model_restores_offline_with_quartznet_settings():
         assert actual[key] == expected[key], key
     assert type(model.encoder).__name__ == "ConvASREncoder"
     assert EMBEDDED_MODEL.stat().st_size <= 30e6
+
+
+def test_active_clock_leaves_out_a_pause(monkeypatch):
+    from nemo_ptq.training import train as training
+
+    now = [0.0]
+    monkeypatch.setattr(training.time, "monotonic", lambda: now[0])
+    clock = training.ActiveClock()
+    for gap in [1.0, 1.2, 0.8, 1.0, 600.0, 1.0, 20.0]:  # 600 s: stopped by SIGSTOP; 20 s: a validation
+        now[0] += gap
+        clock.tick()
+    assert clock.paused_minutes * 60 == pytest.approx(599.0)
+    assert clock.minutes * 60 == pytest.approx(1 + 1.2 + 0.8 + 1 + 1 + 1 + 20)

@@ -18,6 +18,7 @@ class ManifestSource:
     manifest: str
     include_prefix: str = ""  # keep only rows whose audio path, as written, starts with this
     synthetic: bool = False  # TTS speech: counted as synthetic and not speed-perturbed
+    coding: str = ""  # lossy coding the audio went through (the model card lists it), "" if none
 
 
 @dataclass(frozen=True)

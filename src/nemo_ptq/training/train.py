@@ -138,6 +138,38 @@ class StopRequest:
         self.requested = True
 
 
+class ActiveClock:
+    """Minutes of training, without the time the process spent stopped (SIGSTOP while a benchmark ran).
+
+    Between two ticks, a gap longer than both 30 s and 10 medians of the recent gaps is a pause: it
+    counts as one median gap, and the rest goes to `paused_minutes`.
+    """
+
+    def __init__(self) -> None:
+        self.last = time.monotonic()
+        self.gaps: list[float] = []
+        self.active_s = 0.0
+        self.paused_s = 0.0
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        gap, self.last = now - self.last, now
+        typical = sorted(self.gaps)[len(self.gaps) // 2] if self.gaps else gap
+        if self.gaps and gap > max(30.0, 10 * typical):
+            self.paused_s += gap - typical
+            gap = typical
+        self.gaps = (self.gaps + [gap])[-50:]
+        self.active_s += gap
+
+    @property
+    def minutes(self) -> float:
+        return self.active_s / 60
+
+    @property
+    def paused_minutes(self) -> float:
+        return self.paused_s / 60
+
+
 def save_atomically(state: dict, path: Path) -> None:
     partial = path.with_suffix(".partial")
     torch.save(state, partial)
@@ -187,8 +219,8 @@ def train(params: TrainParams, train_set: FeatureSet, val_set: FeatureSet, check
     progress["runs"].append(run)
     stop = StopRequest()
     minutes_before = progress["minutes"]
-    started = time.monotonic()
-    last_saved = started
+    clock = ActiveClock()
+    last_saved = time.monotonic()
     losses: list[float] = []
 
     def checkpoint(path: Path) -> None:
@@ -197,9 +229,6 @@ def train(params: TrainParams, train_set: FeatureSet, val_set: FeatureSet, check
                          "rng": {"torch": torch.get_rng_state(),
                                  "augment": [rng.getstate() for rng in augmentation_rngs(model)]},
                          "params": vars(params), "progress": progress}, path)
-
-    def elapsed_minutes() -> float:
-        return (time.monotonic() - started) / 60
 
     bar = tqdm(total=params.max_steps, initial=progress["step"], unit="step", mininterval=30, desc="train")
     with stop.installed():
@@ -223,8 +252,9 @@ def train(params: TrainParams, train_set: FeatureSet, val_set: FeatureSet, check
                 progress["batch_in_epoch"] += 1
                 run["audio_hours"] += float(lengths.sum()) / FRAMES_PER_SECOND / 3600
                 bar.update(1)
-                now_minutes = elapsed_minutes()
-                run["minutes"] = round(now_minutes, 2)
+                clock.tick()
+                now_minutes = clock.minutes
+                run["minutes"], run["paused_minutes"] = round(now_minutes, 2), round(clock.paused_minutes, 1)
                 if progress["step"] % params.val_every_steps == 0 or progress["step"] == params.max_steps:
                     wer = validation_wer(model, val_set, params.batch_size, bf16)
                     point = {"step": progress["step"], "epoch": round(progress["epoch"] + progress["batch_in_epoch"]
@@ -247,10 +277,10 @@ def train(params: TrainParams, train_set: FeatureSet, val_set: FeatureSet, check
             if progress["batch_in_epoch"] >= len(batches):
                 progress["epoch"] += 1
                 progress["batch_in_epoch"] = 0
-            progress["minutes"] = round(minutes_before + elapsed_minutes(), 2)
+            progress["minutes"] = round(minutes_before + clock.minutes, 2)
             checkpoint(last)
             last_saved = time.monotonic()
-            if minutes is not None and elapsed_minutes() >= minutes:
+            if minutes is not None and clock.minutes >= minutes:
                 break
     bar.close()
     return progress
