@@ -118,3 +118,33 @@ def test_active_clock_leaves_out_a_pause(monkeypatch):
         clock.tick()
     assert clock.paused_minutes * 60 == pytest.approx(599.0)
     assert clock.minutes * 60 == pytest.approx(1 + 1.2 + 0.8 + 1 + 1 + 1 + 20)
+
+
+def test_model_card_shows_every_run_curve_point_and_lossy_source():
+    from nemo_ptq.training.export import render_markdown
+
+    run = {"start_step": 0, "minutes": 60.0, "audio_hours": 45.0, "cpu": "AMD EPYC", "threads": 2, "bf16": True}
+    curve = [{"step": s, "epoch": s / 1000, "minutes": s / 60, "train_loss": 100.0 - s / 100, "val_wer": 0.9 - s / 1e4}
+             for s in (500, 1000)]
+    card = {
+        "model": "m.nemo", "architecture": "quartznet_5x5_half", "family": "QuartzNet", "parameters": 1850333,
+        "size_mb": 7.6, "features": "f", "vocabulary": "v", "restore_seconds": 0.2,
+        "training_data": {"hours": 31.3, "real_hours": 29.4, "real_hours_without_copies": 9.8, "synthetic_hours": 1.8,
+                          "by_source": {"speechocean762": {"clips": 10, "hours": 1.0},
+                                        "speechocean762_sp0.9": {"clips": 10, "hours": 1.1},
+                                        "vctk_p239": {"clips": 5, "hours": 0.1}}},
+        "lossy_sources": {"speechocean762": "Opus ~29 kbps"},
+        "training": {"step": 1000, "epoch": 1.0, "minutes": 60.0, "best_step": 1000, "best_val_wer": 0.8,
+                     "init_from": {"path": "old.nemo", "sha256": "ab12"}, "runs": [run, {**run, "start_step": 900}],
+                     "curve": curve, "params": {"max_steps": 24000}, "before_this_recipe": "earlier recipe"},
+        "evaluation": {"test_other": {"wer": 0.7, "cer": 0.3}, "kokoro_heldout": {"wer": 0.15, "cer": 0.05}},
+        "evaluation_examples": {"test_other": [{"ref": "a b", "hyp": "a c"}]},
+    }
+    text = render_markdown(card)
+    assert "| 0 | 60.0 | 45.0 | 45 | AMD EPYC, 2 threads, bf16 autocast |" in text
+    assert "| 900 |" in text
+    assert "| 500 | 0.50 | 8 | 95.0 | 0.850 |" in text and "| 1000 | 1.00 | 17 | 90.0 | 0.800 |" in text
+    assert text.count("Opus ~29 kbps") == 2  # the set and its speed-perturbed copy
+    assert "| vctk_p239 | 5 | 0.10 |  |" in text
+    assert "≤ 60%: not met" in text and "≤ 20%: met" in text
+    assert "`old.nemo` (sha256 `ab12`)" in text
