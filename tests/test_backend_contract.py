@@ -138,6 +138,7 @@ class BackendTemplate:
         with pytest.raises(CalibrationError, match=f"calibrated by the '{other}' backend, not '{self.backend}'"):
             backend.quantize(tiny_fused, tmp_path / "foreign", tmp_path / "q")
 
+        (tmp_path / "other_config").mkdir()
         backend.save_config(tmp_path / "other_config")  # same backend, another seed
         (tmp_path / "other_config" / backend.calibration_file).write_bytes(b"")
         other_config = self.make("quartznet", QUARTZNET_CARD, calibration={**CALIBRATION, "seed": 1})
