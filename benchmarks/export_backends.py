@@ -99,7 +99,8 @@ def prepare_runners(fused, card, work: Path, threads: int, calibration: list[np.
         info = backend.describe(work / label / "q")
         infos[label] = {"build_s": round(build_s, 1), "size_mb": round(info.size_bytes / 1e6, 1),
                         "size_bytes": info.size_bytes,
-                        "int8_convs": round(info.int8_conv_fraction, 3), "int8_macs": round(info.int8_mac_fraction, 3),
+                        "int8_weight_layers": round(info.int8_weight_layer_fraction, 3),
+                        "int8_weight_macs": round(info.int8_weight_mac_fraction, 3),
                         "notes": info.notes}
         print(f"ready: {label} ({build_s:.0f} s)", flush=True)
     return runners, infos
@@ -149,7 +150,7 @@ def main() -> None:
           f"{args.rounds} rounds, {args.warmup} warm-up runs each and one untimed run per block, "
           f"{platform.processor() or platform.machine()}, "
           f"FP32 weights {fp32_bytes / 1e6:.1f} MB\n")
-    print("| variant | median ms | IQR ms | vs NeMo FP32 | INT8 convs | INT8 MACs | size MB | × FP32 size |")
+    print("| variant | median ms | IQR ms | vs NeMo FP32 | INT8 weight layers | INT8 weight MACs | size MB | × FP32 size |")
     print("|---|---|---|---|---|---|---|---|")
     for row in rows:
         if "failed" in row:
@@ -157,7 +158,7 @@ def main() -> None:
             continue
         ratio = f"{row['size_bytes'] / fp32_bytes:.3f}" if "size_bytes" in row else "-"
         print(f"| {row['variant']} | {row['median_ms']} | {row['iqr_ms']} | {nemo_ms / row['median_ms']:.1f}× | "
-              f"{row.get('int8_convs', '-')} | {row.get('int8_macs', '-')} | {row.get('size_mb', '-')} | {ratio} |")
+              f"{row.get('int8_weight_layers', '-')} | {row.get('int8_weight_macs', '-')} | {row.get('size_mb', '-')} | {ratio} |")
     if args.out:
         args.out.write_text(json.dumps({"arch": args.arch, "frames": args.frames, "threads": args.threads,
                                         "runs": args.runs, "fp32_weight_bytes": fp32_bytes, "rows": rows},

@@ -84,8 +84,7 @@ def main() -> None:
         for name, entry in entries.items():
             start = time.perf_counter()
             backend = get_backend(name, entry, card)
-            calibration = getattr(backend.config, "calibration", None)
-            chosen = select_utterances(pool, calibration.num_utterances, calibration.seed) if calibration else []
+            chosen = select_utterances(pool, backend.calibration_sample())
             backend.calibrate(fp32, (utt.features() for utt in chosen), Path(tmp) / name / "cal")
             backend.quantize(fp32, Path(tmp) / name / "cal", Path(tmp) / name / "q")
             build_s = time.perf_counter() - start

@@ -1,6 +1,7 @@
 """calibrate: run one variant's calibration utterances through its backend and save the ranges.
 
-Reads params.yaml `variants.<variant>`; writes <out>/ (backend-specific ranges + variant.json).
+Reads params.yaml `variants.<variant>`; writes <out>/variant.json, the backend's
+calibration payload (ranges, observer state, ...) and utterances.txt (the utterances it saw).
 """
 
 import argparse
@@ -26,8 +27,7 @@ def main() -> None:
 
     backend = backend_for_variant(args.variant, args.params, args.model)
     pool = PreparedData.load(args.prepared).calibration_set.utterances()
-    calibration = getattr(backend.config, "calibration", None)  # None: the variant needs no data
-    chosen = select_utterances(pool, calibration.num_utterances, calibration.seed) if calibration else []
+    chosen = select_utterances(pool, backend.calibration_sample())  # none for an FP32 variant
     with stage_outputs(args.out):
         from tqdm import tqdm
 

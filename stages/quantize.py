@@ -26,8 +26,8 @@ def main() -> None:
     with stage_outputs(args.out):
         backend.quantize(load_fp32(args.fused, args.model), args.calibration, args.out)
         info = backend.describe(args.out)
-    print(f"{args.variant}: {info.size_bytes / 1e6:.1f} MB, {info.int8_conv_fraction:.0%} of convs "
-          f"and {info.int8_mac_fraction:.0%} of conv MACs in INT8")
+    print(f"{args.variant}: {info.size_bytes / 1e6:.1f} MB, {info.int8_weight_layer_fraction:.0%} of weight "
+          f"layers and {info.int8_weight_mac_fraction:.0%} of their MACs in INT8")
 
 
 if __name__ == "__main__":

@@ -52,6 +52,32 @@ def tiny_fused(tiny_model):
     return rewrite(tiny_model)
 
 
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory):
+    from nemo_ptq.models.architectures_other import train_tokenizer
+
+    return train_tokenizer(tmp_path_factory.mktemp("tokenizer"))
+
+
+def nemo_ctc(cfg):
+    """A random-weight NeMo BPE CTC model, its `NemoCTC` wrapper (as the fuse stage hands it on)
+    and its model card."""
+    from nemo_ptq.models.architectures_other import build_bpe_ctc
+    from nemo_ptq.models.fp32 import NemoCTC
+    from nemo_ptq.models.loading import ModelSource, describe
+
+    model = build_bpe_ctc(cfg)
+    return model, NemoCTC(model).eval(), describe(model, ModelSource("arch", "test")).to_json()
+
+
+@pytest.fixture(scope="session")
+def citrinet(tokenizer_dir):
+    """A small Citrinet (squeeze-excite, strided residuals, 80 features): (model, NemoCTC, card)."""
+    from nemo_ptq.models.architectures_other import citrinet_config
+
+    return nemo_ctc(citrinet_config(tokenizer_dir, features=80))
+
+
 def stage_env() -> dict[str, str]:
     """Environment for running stage scripts as subprocesses (telemetry off, no MLflow writes)."""
     env = dict(os.environ)

@@ -1,6 +1,7 @@
 """Export-based backends on NeMo CTC models that are not QuartzNet: a small Citrinet (squeeze-excite,
 strided residuals, BPE vocabulary) and a small Conformer-CTC (attention, LayerNorm, conv module),
-both with random weights, wrapped as `NemoCTC` the way the fuse stage hands them on."""
+both with random weights, wrapped as `NemoCTC` the way the fuse stage hands them on. Every
+backend's run on the Citrinet is in the contract template (test_backend_contract.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import onnx
 import pytest
 import torch
 
+from conftest import nemo_ctc
 from nemo_ptq.backends import get_backend
 from nemo_ptq.errors import ConfigError, UnsupportedModelError
 
@@ -19,33 +21,10 @@ CONFORMER_ORT = {"op_types_to_quantize": ["Conv", "MatMul", "Gemm"]}
 
 
 @pytest.fixture(scope="module")
-def tokenizer_dir(tmp_path_factory):
-    from nemo_ptq.models.architectures_other import train_tokenizer
-
-    return train_tokenizer(tmp_path_factory.mktemp("tokenizer"))
-
-
-def _wrapped(cfg):
-    from nemo_ptq.models.architectures_other import build_bpe_ctc
-    from nemo_ptq.models.fp32 import NemoCTC
-    from nemo_ptq.models.loading import ModelSource, describe
-
-    model = build_bpe_ctc(cfg)
-    return model, NemoCTC(model).eval(), describe(model, ModelSource("arch", "test")).to_json()
-
-
-@pytest.fixture(scope="module")
-def citrinet(tokenizer_dir):
-    from nemo_ptq.models.architectures_other import citrinet_config
-
-    return _wrapped(citrinet_config(tokenizer_dir, features=FEATURES))
-
-
-@pytest.fixture(scope="module")
 def conformer(tokenizer_dir):
     from nemo_ptq.models.architectures_other import conformer_config
 
-    return _wrapped(conformer_config(tokenizer_dir, features=FEATURES))
+    return nemo_ctc(conformer_config(tokenizer_dir, features=FEATURES))
 
 
 def _features(count: int, frames: int, seed: int) -> list[np.ndarray]:
@@ -81,29 +60,6 @@ def test_neither_model_has_the_eager_rewrite(citrinet, conformer):
             rewrite(model)
 
 
-@pytest.mark.parametrize("backend", ["ort", "ov"])
-def test_citrinet_all_encoder_convs_int8(tmp_path, citrinet, backend):
-    _, wrapped, card = citrinet
-    assert card["subsampling_factor"] == 8
-    quantizer, log_probs, reference = _quantize_and_run(tmp_path, wrapped, card, {"backend": backend})
-    _check_output(log_probs, reference, card)
-    info = quantizer.describe(tmp_path / "q")
-    convs = {name: p for name, p in info.layer_precisions.items() if name.endswith("/Conv")}
-    assert len(convs) == sum(isinstance(m, torch.nn.Conv1d) for m in wrapped.modules())
-    # ORT's preset keeps the CTC decoder (the logits layer) in float; OpenVINO writes float logits
-    # from its INT8 conv.
-    float_convs = {name for name, p in convs.items() if p != "int8"}
-    assert float_convs == ({_logits_layer(tmp_path)} if backend == "ort" else set())
-    # The squeeze-excite MLPs (MatMul) are tiny but quantized too; by MACs nearly everything is INT8.
-    assert info.int8_mac_fraction > 0.98
-
-
-def _logits_layer(tmp_path) -> str:
-    from nemo_ptq.backends.ort import logits_layer
-
-    return logits_layer(onnx.load(str(tmp_path / "q" / "model.onnx")))
-
-
 def test_conformer_ort_keeps_softmax_layernorm_and_attention_products_float(tmp_path, conformer):
     import onnxruntime
 
@@ -112,8 +68,8 @@ def test_conformer_ort_keeps_softmax_layernorm_and_attention_products_float(tmp_
     quantizer, log_probs, reference = _quantize_and_run(tmp_path, wrapped, card, entry)
     _check_output(log_probs, reference, card)
     info = quantizer.describe(tmp_path / "q")
-    # every Conv and every weight MatMul but the CTC decoder
-    assert {name for name, p in info.layer_precisions.items() if p != "int8"} == {_logits_layer(tmp_path)}
+    # every conv and linear layer but the CTC decoder
+    assert {name for name, p in info.layer_precisions.items() if p != "int8"} == {"decoder.decoder_layers.0"}
 
     options = onnxruntime.SessionOptions()
     options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
@@ -131,7 +87,7 @@ def test_conformer_ov_reports_what_stays_float(tmp_path, conformer):
     precisions = quantizer.describe(tmp_path / "q").layer_precisions
     floats = {name for name, p in precisions.items() if p != "int8"}
     # NNCF leaves the relative-position projection (input: a constant table) in float.
-    assert floats == {f"/encoder/layers.{i}/self_attn/linear_pos/MatMul" for i in range(2)}
+    assert floats == {f"encoder.layers.{i}.self_attn.linear_pos" for i in range(2)}
 
 
 @pytest.mark.slow
@@ -143,7 +99,7 @@ def test_pt2e_static_shapes(tmp_path, request, model):
     entry = {"backend": "pt2e", "shapes": "per_length"}
     quantizer, log_probs, reference = _quantize_and_run(tmp_path, wrapped, card, entry)
     _check_output(log_probs, reference, card)
-    assert quantizer.describe(tmp_path / "q").int8_conv_fraction > 0.9
+    assert quantizer.describe(tmp_path / "q").int8_weight_layer_fraction > 0.9
 
 
 def test_pt2e_buckets_need_the_quartznet_rewrite(tmp_path, citrinet):

@@ -1,11 +1,21 @@
-"""The contract every backend keeps, checked for every variant that params.yaml ships.
+"""The contract every registered backend keeps, as one test template (NNCF's way): each backend
+subclasses `BackendTemplate` with what it should do, and a test fails when a registered backend
+has no subclass. Every template runs on two FP32 models: the QuartzNet rewrite (`FusedCTC`,
+quartznet_tiny) and a Citrinet-style NeMo module (`NemoCTC`: squeeze-excite, strided residuals,
+BPE vocabulary), both with random weights.
 
-calibrate -> quantize -> describe -> load -> run on the tiny QuartzNet rewrite: files land where
-the stages expect them, the output is a log-probability
-matrix of the right shape that agrees with the FP32 model on most frames.
+The positive case runs calibrate -> quantize -> describe -> load -> run and checks the on-disk
+layout, the coverage figures over the model's own layer table, and the output against FP32. The
+negative cases: no calibration, another backend's or another config's calibration, another
+model's calibration, no calibration utterances, and bad options.
 """
 
+from __future__ import annotations
+
 import json
+import shutil
+from dataclasses import dataclass, replace
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -13,53 +23,226 @@ import torch
 import yaml
 
 from conftest import REPO_ROOT
-from nemo_ptq.backends import get_backend
-from nemo_ptq.backends.base import CONFIG_FILE
+from nemo_ptq.backends import available, get_backend
+from nemo_ptq.backends.base import CONFIG_FILE, Backend, register, registry
 from nemo_ptq.backends.calibration import select_utterances
+from nemo_ptq.errors import CalibrationError, ConfigError, UnsupportedModelError
 from nemo_ptq.models.architectures import QUARTZNET_VOCABULARY
+from nemo_ptq.models.layers import weight_layers
 
-VARIANTS = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())["variants"]
-CARD = {
+MODELS = ("quartznet", "citrinet")
+QUARTZNET_CARD = {
     "vocabulary": list(QUARTZNET_VOCABULARY), "blank_id": len(QUARTZNET_VOCABULARY), "tokenizer": "char",
     "sample_rate": 16000, "feature_dim": 64, "subsampling_factor": 2,
 }
+CALIBRATION = {"num_utterances": 3, "seed": 0}
 
 
-def _features(count, frames, seed):
+@pytest.fixture(scope="module")
+def fp32_models(tiny_fused, citrinet):
+    """name -> (FP32 module as the fuse stage hands it on, model card)."""
+    _, wrapped, card = citrinet
+    return {"quartznet": (tiny_fused, QUARTZNET_CARD), "citrinet": (wrapped, card)}
+
+
+@pytest.fixture(scope="module")
+def smaller_quartznet(tiny_fused):
+    """The QuartzNet rewrite without its last block: another model with the same feature size."""
+    from nemo_ptq.models.fused import FusedCTC, FusedSpec
+
+    spec = tiny_fused.spec
+    blocks = spec.blocks[:-1]
+    decoder = replace(spec.decoder, in_channels=blocks[-1].body[-1].out_channels)
+    return FusedCTC(FusedSpec(blocks=blocks, decoder=decoder)).eval(), QUARTZNET_CARD
+
+
+def _features(feature_dim: int, count: int, frames: int, seed: int) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
-    return [rng.standard_normal((64, frames)).astype(np.float32) for _ in range(count)]
+    return [rng.standard_normal((feature_dim, frames)).astype(np.float32) for _ in range(count)]
 
 
-@pytest.mark.parametrize("variant", sorted(VARIANTS))
-def test_backend_contract(tmp_path, tiny_fused, variant):
-    backend = get_backend(variant, VARIANTS[variant], CARD)
-    calibration = getattr(backend.config, "calibration", None)
-    pool = _features(8, 160, seed=0)
-    chosen = select_utterances(pool, min(calibration.num_utterances, 8), calibration.seed) if calibration else []
-
-    backend.calibrate(tiny_fused, iter(chosen), tmp_path / "cal")
-    backend.quantize(tiny_fused, tmp_path / "cal", tmp_path / "q")
-    saved = json.loads((tmp_path / "q" / CONFIG_FILE).read_text())
-    assert saved["backend"] == VARIANTS[variant]["backend"]
-
-    info = backend.describe(tmp_path / "q")
-    assert 0 < info.size_bytes
-    assert 0.0 <= info.int8_conv_fraction <= 1.0 and 0.0 <= info.int8_mac_fraction <= 1.0
-    assert info.layer_precisions
-
-    run = backend.load(tmp_path / "q", threads=1)
-    features = _features(1, 300, seed=1)[0]
-    log_probs = run(features[None])
-    with torch.inference_mode():
-        reference = tiny_fused(torch.from_numpy(features)[None]).numpy()
-    assert log_probs.shape == reference.shape
-    assert np.allclose(np.exp(log_probs).sum(-1), 1.0, atol=1e-2)
-    agreement = (log_probs.argmax(-1) == reference.argmax(-1)).mean()
-    assert agreement >= 0.8, f"{variant}: argmax agrees with FP32 on only {agreement:.0%} of frames"
+def pytest_generate_tests(metafunc):
+    """`model` runs over MODELS; a template's slow models are marked slow."""
+    if "model" in metafunc.fixturenames and metafunc.cls is not None:
+        slow = metafunc.cls.slow_models
+        metafunc.parametrize("model", [pytest.param(m, marks=pytest.mark.slow) if m in slow else m for m in MODELS])
 
 
-def test_backends_are_found_by_module_name():
-    from nemo_ptq.backends import available
+class BackendTemplate:
+    """What every backend must do; subclasses say which backend and what to expect of it."""
 
-    assert {"eager", "ort", "ov", "pt2e"} <= set(available())
-    assert not {"base", "calibration"} & set(available())
+    backend: ClassVar[str]
+    # model -> options that make an INT8 artifact of it; a model left out is one the backend
+    # must refuse with UnsupportedModelError
+    options: ClassVar[dict[str, dict]]
+    float_layers: ClassVar[dict[str, set[str]]]  # model -> FP32 module paths that stay float
+    foreign_model: ClassVar[str] = "citrinet"  # a model whose calibration this backend can tell apart
+    bad_option: ClassVar[tuple[dict, str]]  # an invalid option and the message it must give
+    slow_models: ClassVar[tuple[str, ...]] = ()
+
+    def make(self, model: str, card: dict, **extra) -> Backend:
+        entry = {"backend": self.backend, "calibration": CALIBRATION, **self.options.get(model, {}), **extra}
+        return get_backend("v", entry, card)
+
+    def calibrated(self, tmp_path, fp32, card, model="quartznet", name="cal", **extra):
+        backend = self.make(model, card, **extra)
+        pool = _features(card["feature_dim"], 6, 160, seed=0)
+        backend.calibrate(fp32, iter(select_utterances(pool, backend.calibration_sample())), tmp_path / name)
+        return backend, tmp_path / name
+
+    def test_calibrate_quantize_describe_run(self, tmp_path, fp32_models, model):
+        fp32, card = fp32_models[model]
+        if model not in self.options:
+            with pytest.raises(UnsupportedModelError):
+                self.calibrated(tmp_path, fp32, card, model)
+            return
+        backend, cal = self.calibrated(tmp_path, fp32, card, model)
+        assert {path.name for path in cal.iterdir()} == {CONFIG_FILE, backend.calibration_file}
+        backend.quantize(fp32, cal, tmp_path / "q")
+        assert json.loads((tmp_path / "q" / CONFIG_FILE).read_text()) == backend.config_payload()
+
+        info = backend.describe(tmp_path / "q")
+        table = weight_layers(fp32, card["feature_dim"])
+        assert [layer["name"] for layer in info.layers] == list(table)  # the FP32 model's layers, each once
+        assert all(layer["runtime_names"] for layer in info.layers), "every layer maps to a backend layer"
+        assert {name for name, p in info.layer_precisions.items() if p != "int8"} == self.float_layers[model]
+        int8_macs = sum(table[name].macs for name, p in info.layer_precisions.items() if p == "int8")
+        assert info.int8_weight_mac_fraction == pytest.approx(int8_macs / sum(t.macs for t in table.values()))
+        assert info.int8_weight_layer_fraction == pytest.approx(1 - len(self.float_layers[model]) / len(table))
+        assert 0 < info.size_bytes
+
+        features = _features(card["feature_dim"], 1, 320, seed=1)[0][None]
+        log_probs = backend.load(tmp_path / "q", threads=1)(features)
+        with torch.inference_mode():
+            reference = fp32(torch.from_numpy(features)).numpy()
+        assert log_probs.shape == reference.shape
+        assert np.allclose(np.exp(log_probs).sum(-1), 1.0, atol=1e-2)
+        agreement = (log_probs.argmax(-1) == reference.argmax(-1)).mean()
+        assert agreement >= 0.8, f"argmax agrees with FP32 on only {agreement:.0%} of frames"
+        # float logits: far more distinct gaps to the best class than 8-bit logits give (2 x 256)
+        assert len(np.unique(np.round(log_probs - log_probs.max(-1, keepdims=True), 5))) > 1000
+
+    def test_quantize_without_calibration_names_the_stage_to_run(self, tmp_path, tiny_fused):
+        backend = self.make("quartznet", QUARTZNET_CARD)
+        with pytest.raises(CalibrationError, match="run dvc repro calibrate@v"):
+            backend.quantize(tiny_fused, tmp_path / "missing", tmp_path / "q")
+        backend.save_config(tmp_path)  # variant.json but no payload
+        with pytest.raises(CalibrationError, match=f"{backend.calibration_file} is missing"):
+            backend.quantize(tiny_fused, tmp_path, tmp_path / "q")
+
+    def test_calibration_of_another_backend_or_config_is_refused(self, tmp_path, tiny_fused):
+        other = "ort" if self.backend == "ov" else "ov"  # ov's calibration only saves features: cheap
+        get_backend("v", {"backend": other, "calibration": CALIBRATION}, QUARTZNET_CARD).calibrate(
+            tiny_fused, iter(_features(64, 3, 160, seed=0)), tmp_path / "foreign")
+        backend = self.make("quartznet", QUARTZNET_CARD)
+        with pytest.raises(CalibrationError, match=f"calibrated by the '{other}' backend, not '{self.backend}'"):
+            backend.quantize(tiny_fused, tmp_path / "foreign", tmp_path / "q")
+
+        (tmp_path / "other_config").mkdir()
+        backend.save_config(tmp_path / "other_config")  # same backend, another seed
+        (tmp_path / "other_config" / backend.calibration_file).write_bytes(b"")
+        other_config = self.make("quartznet", QUARTZNET_CARD, calibration={**CALIBRATION, "seed": 1})
+        with pytest.raises(CalibrationError, match="another .* config \\(differs in: calibration\\)"):
+            other_config.quantize(tiny_fused, tmp_path / "other_config", tmp_path / "q")
+
+    def test_calibration_of_another_model_is_refused(self, tmp_path, request, tiny_fused):
+        foreign, card = (request.getfixturevalue("citrinet")[1:] if self.foreign_model == "citrinet"
+                         else request.getfixturevalue(self.foreign_model))
+        options = self.options.get("citrinet", {}) if self.foreign_model == "citrinet" else {}
+        _, cal = self.calibrated(tmp_path, foreign, card, **options)
+        backend = self.make("quartznet", QUARTZNET_CARD, **options)
+        with pytest.raises(CalibrationError, match="made for another model"):
+            backend.quantize(tiny_fused, cal, tmp_path / "q")
+        assert not (tmp_path / "q" / CONFIG_FILE).exists()
+
+    def test_calibration_needs_utterances(self, tmp_path, tiny_fused):
+        backend = self.make("quartznet", QUARTZNET_CARD)
+        with pytest.raises(ConfigError, match="got no utterances"):
+            backend.calibrate(tiny_fused, iter([]), tmp_path / "cal")
+
+    def test_bad_options_are_config_errors(self):
+        with pytest.raises(ConfigError, match="unknown key\\(s\\) colour; valid keys: "):
+            get_backend("v", {"backend": self.backend, "colour": "blue"}, QUARTZNET_CARD)
+        entry, message = self.bad_option
+        with pytest.raises(ConfigError, match=message):
+            get_backend("v", {"backend": self.backend, **entry}, QUARTZNET_CARD)
+
+
+CITRINET_DECODER = "decoder.decoder_layers.0"
+
+
+class TestEager(BackendTemplate):
+    backend = "eager"
+    options = {"quartznet": {"engine": "onednn"}}  # the rewrite only: Citrinet is refused
+    float_layers = {"quartznet": {"decoder"}}  # float CTC logits
+    foreign_model = "smaller_quartznet"
+    bad_option = ({"engine": "fbgem"}, "unknown engine 'fbgem'; choose one of: onednn")
+
+    def make(self, model, card, **extra):
+        return super().make(model, card, **{"engine": "onednn", **extra})
+
+
+class TestOrt(BackendTemplate):
+    backend = "ort"
+    options = {"quartznet": {}, "citrinet": {}}
+    float_layers = {"quartznet": {"decoder"}, "citrinet": {CITRINET_DECODER}}  # float_logits
+    bad_option = ({"preset": "avx9"}, "choose one of: avx512_vnni, avx2, ort_defaults")
+
+
+class TestOv(BackendTemplate):
+    backend = "ov"
+    options = {"quartznet": {}, "citrinet": {}}
+    float_layers = {"quartznet": set(), "citrinet": set()}  # OpenVINO's INT8 conv writes float logits
+    bad_option = ({"loader": "load"}, "choose one of: convert_model, read_model")
+
+
+class TestPt2e(BackendTemplate):
+    """Each positive case compiles with Inductor (tens of seconds); Citrinet's recompiles per length."""
+
+    backend = "pt2e"
+    options = {"quartznet": {}, "citrinet": {"shapes": "per_length"}}  # buckets need the rewrite
+    float_layers = {"quartznet": set(), "citrinet": set()}
+    foreign_model = "smaller_quartznet"  # Citrinet would need another config (per_length)
+    bad_option = ({"shapes": "static"}, "choose one of: buckets, per_length, dynamic")
+    slow_models = ("citrinet",)
+
+
+TEMPLATES = (TestEager, TestOrt, TestOv, TestPt2e)
+
+
+def test_every_registered_backend_has_a_template():
+    for name in available():
+        get_backend("v", {"backend": name, "calibration": CALIBRATION, **({"engine": "onednn"} if name == "eager" else {})})
+    assert {template.backend for template in TEMPLATES} == set(available()) == set(registry())
+
+
+def test_every_params_variant_is_valid_and_templated():
+    variants = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())["variants"]
+    backends = {get_backend(name, entry).name for name, entry in variants.items()}
+    assert backends <= {template.backend for template in TEMPLATES}
+
+
+def test_a_config_without_calibration_must_say_so():
+    @dataclass(frozen=True)
+    class NoCalibration:
+        level: int = 1
+
+    class Silent(Backend):
+        name, config_class, calibration_file = "silent", NoCalibration, "x"
+        observe = convert = load = describe = None
+
+    with pytest.raises(TypeError, match="calibration field or override calibration_sample"):
+        register(Silent)
+    assert "silent" not in registry()
+
+
+def test_fp32_variants_need_no_calibration(tmp_path, tiny_fused):
+    """A variant calibrated on nothing writes only variant.json and quantizes from it."""
+    for entry in ({"backend": "ort", "precision": "fp32"}, {"backend": "ov", "precision": "fp32"}):
+        backend = get_backend("v", entry, QUARTZNET_CARD)
+        assert backend.calibration_sample() is None and select_utterances([1, 2], None) == []
+        cal = tmp_path / entry["backend"]
+        backend.calibrate(tiny_fused, iter([]), cal)
+        assert [path.name for path in cal.iterdir()] == [CONFIG_FILE]
+        assert backend.calibration_payload(cal) is None
+        shutil.rmtree(cal)

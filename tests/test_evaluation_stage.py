@@ -14,6 +14,7 @@ import pytest
 
 from nemo_ptq.backends import base
 from nemo_ptq.backends.base import ArtifactInfo, Backend
+from nemo_ptq.evaluation.wer import wer
 
 ROOT = Path(__file__).resolve().parents[1]
 SETS = {"clips": "real", "tts": "synthetic"}
@@ -54,7 +55,7 @@ def workspace(tmp_path_factory) -> Path:
     (root / "data/quantized/fake8/weights.bin").write_bytes(b"\0" * 1000)
     (root / "params.yaml").write_text(
         "evaluate: {threads: 1, latency_audio_s: 1.0, warmup_runs: 1, timed_runs: 3}\n"
-        "variants:\n  fake8: {backend: fake, noise: 0.5}\n"
+        "variants:\n  fake8: {backend: fake, noise: 5.0}\n"
     )
     (root / ".dvc").mkdir()
     return root
@@ -66,15 +67,19 @@ class FakeConfig:
 
 
 class FakeBackend(Backend):
-    """'Quantizes' by adding noise to NeMo's FP32 log-probs, so hypotheses may differ from FP32."""
+    """'Quantizes' by adding noise to every one of NeMo's FP32 log-probs, so hypotheses differ from FP32."""
 
     name = "fake"
     config_class = FakeConfig
+    calibration_file = "none"
 
-    def calibrate(self, fused, features, out_dir):
+    def calibration_sample(self):
+        return None
+
+    def observe(self, fused, features, payload):
         raise NotImplementedError
 
-    def quantize(self, fused, calibration_dir, out_dir):
+    def convert(self, fused, payload, out_dir):
         raise NotImplementedError
 
     def load(self, artifact_dir, threads):
@@ -82,11 +87,18 @@ class FakeBackend(Backend):
 
         runner = NemoEagerRunner(load_fp32(Path(artifact_dir).parents[1] / "model"))
         rng = np.random.default_rng(0)
-        return lambda features: runner(features) + self.config.noise * rng.standard_normal((1, 1, 1)).astype("f")
+
+        def run(features):
+            log_probs = runner(features)
+            return log_probs + self.config.noise * rng.standard_normal(log_probs.shape).astype("f")
+
+        return run
 
     def describe(self, artifact_dir):
-        return ArtifactInfo(size_bytes=1000, int8_conv_fraction=0.5, int8_mac_fraction=0.9,
-                            layer_precisions={"encoder.0": "int8", "decoder": "fp32"}, notes="fake")
+        layers = [{"name": "encoder.0", "runtime_names": ["e0"], "precision": "int8", "macs": 9},
+                  {"name": "decoder", "runtime_names": ["d"], "precision": "fp32", "macs": 1}]
+        return ArtifactInfo(size_bytes=1000, int8_weight_layer_fraction=0.5, int8_weight_mac_fraction=0.9,
+                            layers=layers, notes="fake")
 
 
 def run_stage_in_process(workspace: Path, monkeypatch, *args: str) -> None:
@@ -110,13 +122,24 @@ def test_evaluate_fp32_and_a_variant(workspace, monkeypatch, tmp_path):
     fake = json.loads((workspace / "metrics/fake8.json").read_text())
     headline = {"variant", "backend", "wer", "cer", "utterances", "hours", "latency_ms_median", "latency_ms_p90",
                 "rtf", "speedup_vs_fp32", "fp32_latency_ms_median", "size_mb", "size_ratio_vs_fp32",
-                "int8_conv_fraction", "int8_mac_fraction"}
+                "int8_weight_layer_fraction", "int8_weight_mac_fraction"}
     assert headline <= set(fp32) and headline | {"wer_vs_fp32"} <= set(fake)
-    assert "wer_vs_fp32" not in fp32 and fake["wer_vs_fp32"] == 0.0  # a constant shift keeps the argmax
+    assert "wer_vs_fp32" not in fp32
+    # wer_vs_fp32 compares the variant's hypotheses with the FP32 run's, pooled over both sets
+    hypotheses = {variant: [row["hypothesis"] for name in SETS for row in map(
+        json.loads, (workspace / f"data/evaluation/{variant}/{name}.jsonl").read_text().splitlines())]
+        for variant in ("fp32", "fake8")}
+    assert hypotheses["fake8"] != hypotheses["fp32"], "noise on every log-prob should change the output"
+    assert fake["wer_vs_fp32"] == pytest.approx(wer(hypotheses["fp32"], hypotheses["fake8"]), rel=1e-5)
+    assert fake["wer_vs_fp32"] > 0
     assert fp32["backend"] == "nemo-eager" and fp32["size_ratio_vs_fp32"] == 1.0
-    assert fp32["speedup_vs_fp32"] == 1.0 and fake["speedup_vs_fp32"] > 0
-    assert fake["size_mb"] == 0.001 and fake["int8_mac_fraction"] == 0.9
-    assert fake["layers"] == [{"name": "encoder.0", "precision": "int8"}, {"name": "decoder", "precision": "fp32"}]
+    assert fp32["speedup_vs_fp32"] == 1.0
+    assert fake["speedup_vs_fp32"] == pytest.approx(fake["fp32_latency_ms_median"] / fake["latency_ms_median"],
+                                                     rel=1e-4)
+    assert fake["latency_ms_median"] == pytest.approx(float(np.median(fake["latency"]["runs_ms"])), rel=1e-4)
+    assert fake["size_mb"] == 0.001 and fake["int8_weight_mac_fraction"] == 0.9
+    assert [(layer["name"], layer["precision"]) for layer in fake["layers"]] == [("encoder.0", "int8"),
+                                                                                ("decoder", "fp32")]
     assert fake["utterances"] == 4 and set(fake["sets"]) == set(SETS)
     assert {name: s["kind"] for name, s in fake["sets"].items()} == SETS and set(fake["kinds"]) == {"real", "synthetic"}
     assert len(fake["latency"]["runs_ms"]) == len(fake["latency"]["fp32_runs_ms"]) == 3
@@ -132,9 +155,9 @@ def test_evaluate_fp32_and_a_variant(workspace, monkeypatch, tmp_path):
     runs = mlflow.search_runs(experiment_names=["test-evaluate"], output_format="list")
     assert sorted(run.data.tags["variant"] for run in runs) == ["fake8", "fp32"]
     run = next(r for r in runs if r.data.tags["variant"] == "fake8")
-    assert run.data.params["options.noise"] == "0.5" and run.data.params["backend"] == "fake"
+    assert run.data.params["options.noise"] == "5.0" and run.data.params["backend"] == "fake"
     assert run.data.params["evaluate.timed_runs"] == "3"
-    assert run.data.metrics["wer_vs_fp32"] == 0.0 and run.data.metrics["sets.clips.utterances"] == 2
+    assert run.data.metrics["wer_vs_fp32"] == fake["wer_vs_fp32"] and run.data.metrics["sets.clips.utterances"] == 2
     assert run.data.tags["set_kinds"] == "clips=real,tts=synthetic" and len(run.data.tags["stage_fingerprint"]) == 64
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "transcripts")}
     assert artifacts == {"transcripts/clips.jsonl", "transcripts/tts.jsonl"}

@@ -10,10 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
 from conftest import REPO_ROOT, SHARED_DATA, stage_env
+from nemo_ptq.evaluation.wer import wer
 
 pytestmark = pytest.mark.slow
 COPIED = ["dvc.yaml", "params.yaml", "stages", "src", "data/text", "data/embedded"]
@@ -75,13 +77,20 @@ def test_repro_writes_metrics_plots_and_mlflow_runs(project):
     root, _ = project
     for variant in ("fp32", "onednn", "qnnpack"):
         metrics = json.loads((root / "metrics" / f"{variant}.json").read_text())
-        assert 0 <= metrics["wer"] and metrics["latency_ms_median"] > 0
+        # the pooled WER is the one the written transcripts give
+        rows = [json.loads(line) for name in metrics["sets"]
+                for line in (root / "data" / "evaluation" / variant / f"{name}.jsonl").read_text().splitlines()]
+        assert metrics["wer"] == pytest.approx(wer([r["reference"] for r in rows], [r["hypothesis"] for r in rows]),
+                                               rel=1e-5)
+        assert metrics["latency_ms_median"] == pytest.approx(float(np.median(metrics["latency"]["runs_ms"])), rel=1e-4)
         assert "espeak_eval" in metrics["sets"]
     onednn = json.loads((root / "metrics" / "onednn.json").read_text())
     precisions = {layer["name"]: layer["precision"] for layer in onednn["layers"]}
     assert {name for name, precision in precisions.items() if precision != "int8"} == {"decoder"}  # float logits
-    assert onednn["int8_mac_fraction"] > 0.9
-    assert onednn["speedup_vs_fp32"] > 0 and 0 < onednn["size_ratio_vs_fp32"] < 1
+    assert onednn["int8_weight_mac_fraction"] > 0.9
+    assert onednn["speedup_vs_fp32"] == pytest.approx(onednn["fp32_latency_ms_median"] / onednn["latency_ms_median"],
+                                                       rel=1e-4)
+    assert 0 < onednn["size_ratio_vs_fp32"] < 1
     assert (root / "plots" / "pareto.png").stat().st_size > 0
     assert json.loads((root / "data" / "fused" / "equivalence.json").read_text())["max_abs_diff"] <= 1e-3
 
@@ -128,6 +137,6 @@ def test_fidelity_benchmark_runs_on_the_pipeline_outputs(project):
     assert "3 utterances from data/prepared/espeak_eval/manifest.jsonl; calibration pool: 4 utterances" in result.stdout
     rows = {line.split("|")[1].strip(): line for line in result.stdout.splitlines() if line.startswith("| ")}
     assert {"onednn", "ort_8bit_logits"} <= set(rows)
-    for name in ("onednn", "ort_8bit_logits"):
-        agreement = float(rows[name].split("|")[3].strip().rstrip("%"))
-        assert 0.0 <= agreement <= 100.0
+    # eager INT8 with float logits tracks the FP32 rewrite on most frames (the contract template's bar)
+    agreement = float(rows["onednn"].split("|")[3].strip().rstrip("%"))
+    assert agreement >= 80.0, rows["onednn"]

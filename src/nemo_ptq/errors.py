@@ -31,3 +31,7 @@ class EquivalenceError(PipelineError):
 
 class BackendUnavailableError(PipelineError):
     """A backend's runtime requirement (a package, a compiler, a CPU feature) is missing."""
+
+
+class CalibrationError(PipelineError):
+    """A calibration folder is missing, or was made by another backend, variant config or model."""

@@ -3,31 +3,43 @@
 A backend is one module in this package that defines a config dataclass and a `Backend`
 subclass, and registers it with `@register`. The pipeline drives it in three stages:
 
-    calibrate:  calibrate(fused, calibration features, out_dir)  -> writes observed ranges
-    quantize:   quantize(fused, calibration_dir, out_dir)        -> writes the INT8 artifact
-    evaluate:   load(artifact_dir) -> Runner; runner(features) -> log-probs
+    calibrate:  calibrate(fp32, calibration features, out_dir)  -> variant.json + the payload
+    quantize:   quantize(fp32, calibration_dir, out_dir)        -> the INT8 artifact
+    evaluate:   load(artifact_dir) -> Runner; runner(features) -> log-probs; describe(artifact_dir)
 
-A config with calibration data has a `calibration` field holding at least `num_utterances` and
-`seed` (the calibrate stage draws that sample); a config without one is calibrated on nothing.
-`fused` is the FP32 quantizable model from the fuse stage (`nemo_ptq.models.fused.FusedArtifact`).
+A backend implements four methods: `observe` (write the calibration payload), `convert` (build
+the artifact from it), `load` and `describe`. This class owns the rest of the contract:
+
+- `calibration_sample()`: which calibration utterances the variant needs, or None when it needs
+  none (an FP32 baseline). By default the config's `calibration` field, a `CalibrationSample`.
+- one calibration layout for every backend: `variant.json` (backend and config) plus one payload
+  file named by `calibration_file`, written by `calibrate` and checked by `calibration_payload`,
+  which raises `CalibrationError` for a missing folder or one made by another backend or config.
+- one table of weight layers and MACs per model (`nemo_ptq.models.layers`), keyed by the FP32
+  module path; each backend maps it to its own layer names, so coverage means the same everywhere.
+
+`fp32` is the FP32 model from the fuse stage (`FusedCTC`, or `NemoCTC` for other NeMo models).
 Each stage runs in its own process, so everything a later stage needs goes through files.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
-from nemo_ptq.errors import ConfigError
+from nemo_ptq.backends.calibration import CalibrationSample
+from nemo_ptq.errors import CalibrationError, ConfigError
 
 CONFIG_FILE = "variant.json"
+LAYERS_FILE = "layers.json"
 
 
 class Runner(Protocol):
@@ -41,48 +53,68 @@ class ArtifactInfo:
     """What evaluate reports about a quantized artifact besides accuracy and speed."""
 
     size_bytes: int  # bytes on disk of the files a deployment needs
-    int8_conv_fraction: float  # share of conv layers (by count) that run in INT8
-    int8_mac_fraction: float  # share of conv multiply-accumulates that run in INT8
-    layer_precisions: dict[str, str]  # conv layer name -> precision it really runs in
+    int8_weight_layer_fraction: float  # share of weight layers (conv, linear), by count, that run in INT8
+    int8_weight_mac_fraction: float  # share of the weight layers' multiply-accumulates that run in INT8
+    layers: list[dict]  # per weight layer: FP32 module path, the backend's names, precision, MACs
     notes: str = ""
 
+    @property
+    def layer_precisions(self) -> dict[str, str]:
+        """FP32 module path -> the precision that layer really runs in."""
+        return {layer["name"]: layer["precision"] for layer in self.layers}
+
     @classmethod
-    def from_layers(cls, precisions: dict[str, str], macs: dict[str, int], *, size_bytes: int,
-                    notes: str) -> "ArtifactInfo":
-        """From per-layer precisions and MACs (convs, and MatMul/Gemm with weights where present)."""
-        int8 = [name for name, p in precisions.items() if p == "int8"]
-        total = sum(macs.get(name, 0) for name in precisions)
+    def from_table(cls, table: Mapping[str, Any], runtime_precisions: Mapping[str, str], *, size_bytes: int,
+                   notes: str) -> "ArtifactInfo":
+        """From the model's layer table and the precision of each runtime layer (by backend name)."""
+        from nemo_ptq.models.layers import module_precisions
+
+        precisions = module_precisions(dict(table), runtime_precisions)
+        int8 = [path for path, precision in precisions.items() if precision == "int8"]
+        total = sum(layer.macs for layer in table.values())
         return cls(
             size_bytes=size_bytes,
-            int8_conv_fraction=len(int8) / max(1, len(precisions)),
-            int8_mac_fraction=sum(macs.get(name, 0) for name in int8) / max(1, total),
-            layer_precisions=precisions,
+            int8_weight_layer_fraction=len(int8) / max(1, len(table)),
+            int8_weight_mac_fraction=sum(table[path].macs for path in int8) / max(1, total),
+            layers=[{"name": path, "runtime_names": list(layer.runtime_names), "precision": precisions[path],
+                     "macs": layer.macs} for path, layer in table.items()],
             notes=notes,
         )
 
 
 class Backend(ABC):
-    """Subclasses set `name` and `config_class` and implement the five methods."""
+    """Subclasses set `name`, `config_class` and `calibration_file`, and implement `observe`,
+    `convert`, `load` and `describe`."""
 
     name: ClassVar[str]
     config_class: ClassVar[type]
+    calibration_file: ClassVar[str]  # the payload that observe writes next to variant.json
 
-    def __init__(self, config: Any, card: Mapping[str, Any] | None = None):
+    def __init__(self, config: Any, card: Mapping[str, Any] | None = None, variant: str = "<variant>"):
         self.config = config
         self.card = dict(card or {})  # the fetch-pretrained model card (vocabulary, sample rate, ...)
+        self.variant = variant  # the params.yaml name, for messages
 
     @classmethod
     def from_params(cls, variant: str, entry: Mapping[str, Any], card: Mapping[str, Any] | None = None) -> "Backend":
         options = {key: value for key, value in entry.items() if key != "backend"}
-        return cls(parse_dataclass(cls.config_class, options, where=f"variants.{variant}"), card)
+        return cls(parse_dataclass(cls.config_class, options, where=f"variants.{variant}"), card, variant)
+
+    def calibration_sample(self) -> CalibrationSample | None:
+        """The variant's `CalibrationSample`, or None when it is calibrated on nothing."""
+        return self.config.calibration
+
+    # ---- the backend's part -----------------------------------------------------------------
 
     @abstractmethod
-    def calibrate(self, fused: Any, features: Iterable[np.ndarray], out_dir: Path) -> None:
-        """Observe activation ranges on calibration features and save them under out_dir."""
+    def observe(self, fp32: Any, features: Iterable[np.ndarray], payload: Path) -> None:
+        """Run the calibration features (at least one) through the model; save what quantizing
+        needs (ranges, observer state, ...) as the one file `payload`."""
 
     @abstractmethod
-    def quantize(self, fused: Any, calibration_dir: Path, out_dir: Path) -> None:
-        """Build the INT8 artifact from the FP32 model and the saved ranges; save under out_dir."""
+    def convert(self, fp32: Any, payload: Path | None, out_dir: Path) -> None:
+        """Build the artifact in out_dir (it exists) from the FP32 model and the checked payload
+        (None when the variant needs no calibration); write the layer table (`save_layers`)."""
 
     @abstractmethod
     def load(self, artifact_dir: Path, threads: int) -> Runner:
@@ -90,11 +122,91 @@ class Backend(ABC):
 
     @abstractmethod
     def describe(self, artifact_dir: Path) -> ArtifactInfo:
-        """Size on disk and the precision each conv layer runs in."""
+        """Size on disk and the precision each weight layer really runs in."""
+
+    # ---- the contract every backend shares -----------------------------------------------------
+
+    def calibrate(self, fp32: Any, features: Iterable[np.ndarray], out_dir: Path) -> None:
+        """Write out_dir/variant.json and, for a variant that needs calibration, its payload."""
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if self.calibration_sample() is not None:
+            features = iter(features)
+            first = next(features, None)
+            if first is None:
+                raise ConfigError(f"variants.{self.variant}: calibration got no utterances: "
+                                  "set calibration.num_utterances >= 1")
+            self.observe(fp32, itertools.chain([first], features), out_dir / self.calibration_file)
+        self.save_config(out_dir)
+
+    def quantize(self, fp32: Any, calibration_dir: Path, out_dir: Path) -> None:
+        """Check the calibration folder, then build the artifact and its variant.json in out_dir."""
+        payload = self.calibration_payload(calibration_dir)
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.convert(fp32, payload, out_dir)
+        self.save_config(out_dir)
+
+    def calibration_payload(self, calibration_dir: Path) -> Path | None:
+        """The payload of a calibration folder made by this backend with this config (None when
+        the variant needs no calibration), or a CalibrationError saying what to rerun."""
+        calibration_dir = Path(calibration_dir)
+        rerun = f"run dvc repro calibrate@{self.variant}"
+        saved_path = calibration_dir / CONFIG_FILE
+        if not saved_path.is_file():
+            raise CalibrationError(f"{calibration_dir} holds no calibration ({CONFIG_FILE} is missing): {rerun}")
+        saved = json.loads(saved_path.read_text())
+        if saved.get("backend") != self.name:
+            raise CalibrationError(f"{calibration_dir} was calibrated by the {saved.get('backend')!r} backend, "
+                                   f"not {self.name!r}: {rerun}")
+        expected = self.config_payload()
+        if saved != expected:
+            differ = sorted(key for key in set(saved) | set(expected) if saved.get(key) != expected.get(key))
+            raise CalibrationError(f"{calibration_dir} was calibrated for another {self.name} config "
+                                   f"(differs in: {', '.join(differ)}): {rerun}")
+        if self.calibration_sample() is None:
+            return None
+        payload = calibration_dir / self.calibration_file
+        if not payload.is_file():
+            raise CalibrationError(f"{payload} is missing: {rerun}")
+        return payload
+
+    def foreign_calibration(self, payload: Path, why: str) -> CalibrationError:
+        """The error for a payload that does not fit this model (checked by the backend)."""
+        return CalibrationError(f"{payload} {why}: it was made for another model; "
+                                f"run dvc repro calibrate@{self.variant}")
+
+    def config_payload(self) -> dict:
+        """What variant.json holds: the backend and its config, as JSON values."""
+        return json.loads(json.dumps({"backend": self.name, **dataclasses.asdict(self.config)}))
 
     def save_config(self, out_dir: Path) -> None:
-        payload = {"backend": self.name, **dataclasses.asdict(self.config)}
-        (Path(out_dir) / CONFIG_FILE).write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+        (Path(out_dir) / CONFIG_FILE).write_text(json.dumps(self.config_payload(), indent=2, sort_keys=True) + "\n")
+
+    def layer_table(self, fp32: Any):
+        """The FP32 model's weight layers and MACs, by module path (`nemo_ptq.models.layers`)."""
+        from nemo_ptq.models.export import feature_dim
+        from nemo_ptq.models.layers import weight_layers
+
+        return weight_layers(fp32, feature_dim(fp32, self.card))
+
+    @staticmethod
+    def save_layers(out_dir: Path, table: Mapping[str, Any], runtime_names: Mapping[str, Sequence[str]],
+                    precisions: Mapping[str, str] | None = None) -> None:
+        """layers.json: the table with the backend's names, plus the runtime precisions by those
+        names when quantize already knows them (eager, PT2E; ORT and OpenVINO read them at load)."""
+        from nemo_ptq.models.layers import save_table, with_runtime_names
+
+        extra = {} if precisions is None else {"precisions": dict(precisions)}
+        save_table(Path(out_dir) / LAYERS_FILE, with_runtime_names(dict(table), runtime_names), extra)
+
+    @staticmethod
+    def load_layers(artifact_dir: Path) -> tuple[dict, dict[str, str] | None]:
+        """The saved layer table and the precisions saved with it (None if none were)."""
+        from nemo_ptq.models.layers import load_table
+
+        table, extra = load_table(Path(artifact_dir) / LAYERS_FILE)
+        return table, extra.get("precisions")
 
 
 _REGISTRY: dict[str, type[Backend]] = {}
@@ -114,12 +226,11 @@ def check_flags(config: Any, names: Iterable[str]) -> None:
             raise ValueError(f"{name} must be true or false")
 
 
-def skip_calibration(config: Any) -> None:
-    """For a config that quantizes nothing (e.g. an FP32 baseline): the calibrate stage draws no data."""
-    object.__setattr__(config, "calibration", None)
-
-
 def register(cls: type[Backend]) -> type[Backend]:
+    fields = {f.name for f in dataclasses.fields(cls.config_class)}
+    if "calibration" not in fields and cls.calibration_sample is Backend.calibration_sample:
+        raise TypeError(f"{cls.__name__}: give {cls.config_class.__name__} a calibration field or override "
+                        "calibration_sample()")
     _REGISTRY[cls.name] = cls
     return cls
 

@@ -26,14 +26,15 @@ class CalibrationSample:
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
 
 
-def select_utterances(pool: Sequence[T], num_utterances: int, seed: int) -> list[T]:
-    """A seeded sample of the calibration pool (the pool order is the prepared manifest's)."""
-    if num_utterances < 1:
-        raise ConfigError(f"calibration.num_utterances must be >= 1, got {num_utterances}")
-    if num_utterances > len(pool):
+def select_utterances(pool: Sequence[T], sample: CalibrationSample | None) -> list[T]:
+    """A seeded sample of the calibration pool (the pool order is the prepared manifest's); none
+    for a variant that needs no calibration (`Backend.calibration_sample()` is None)."""
+    if sample is None:
+        return []
+    if sample.num_utterances > len(pool):
         raise ConfigError(
-            f"calibration.num_utterances is {num_utterances} but the calibration set has only "
+            f"calibration.num_utterances is {sample.num_utterances} but the calibration set has only "
             f"{len(pool)} utterances: lower it or add sentences/voices to data.calibration_set"
         )
-    indices = sorted(random.Random(seed).sample(range(len(pool)), num_utterances))
+    indices = sorted(random.Random(sample.seed).sample(range(len(pool)), sample.num_utterances))
     return [pool[i] for i in indices]

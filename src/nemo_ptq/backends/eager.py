@@ -23,7 +23,7 @@ from torch.ao import quantization as tq
 from nemo_ptq.backends.base import ArtifactInfo, Backend, check_choices, check_flags, register
 from nemo_ptq.backends.calibration import CalibrationSample
 from nemo_ptq.errors import BackendUnavailableError, UnsupportedModelError
-from nemo_ptq.models.fused import SPEC_FILE, ConvUnit, FusedCTC, FusedSpec, conv_layers
+from nemo_ptq.models.fused import SPEC_FILE, ConvUnit, FusedCTC, FusedSpec
 
 ENGINES = ("onednn", "x86", "fbgemm", "qnnpack")
 OBSERVERS = {
@@ -31,8 +31,6 @@ OBSERVERS = {
     "moving_average_minmax": tq.MovingAverageMinMaxObserver,
     "histogram": tq.HistogramObserver,
 }
-OBSERVER_STATE = "observers.pt"
-RANGES = "ranges.json"
 MODEL = "model.int8.pt"
 
 
@@ -72,6 +70,7 @@ def _use_engine(engine: str) -> None:
 class EagerBackend(Backend):
     name = "eager"
     config_class = EagerConfig
+    calibration_file = "observers.pt"  # the activation observers' state
 
     def _prepared(self, fused: FusedCTC) -> nn.Module:
         """Fuse Conv+ReLU pairs, attach observers: the model calibration runs through."""
@@ -95,30 +94,28 @@ class EagerBackend(Backend):
             warnings.simplefilter("ignore")
             return tq.prepare(model)
 
-    def calibrate(self, fused: FusedCTC, features: Iterable[np.ndarray], out_dir: Path) -> None:
+    def observe(self, fused: FusedCTC, features: Iterable[np.ndarray], payload: Path) -> None:
         _use_engine(self.config.engine)
         model = self._prepared(fused)
         with torch.inference_mode():
             for feats in features:
                 model(torch.from_numpy(feats)[None])
-        out_dir.mkdir(parents=True, exist_ok=True)
-        torch.save(model.state_dict(), out_dir / OBSERVER_STATE)
-        (out_dir / RANGES).write_text(json.dumps(_observed_ranges(model), indent=1) + "\n")
-        self.save_config(out_dir)
+        torch.save(_observer_state(model), payload)
 
-    def quantize(self, fused: FusedCTC, calibration_dir: Path, out_dir: Path) -> None:
+    def convert(self, fused: FusedCTC, payload: Path, out_dir: Path) -> None:
         _use_engine(self.config.engine)
         model = self._prepared(fused)
-        state = torch.load(calibration_dir / OBSERVER_STATE, map_location="cpu", weights_only=True)
-        model.load_state_dict(state)
+        state = torch.load(payload, map_location="cpu", weights_only=True)
+        if set(state) != set(_observer_state(model)):  # observers of another model: wrong ranges
+            raise self.foreign_calibration(payload, "holds observers of other layers than this model's")
+        model.load_state_dict(state, strict=False)  # the weights stay those of `fused`
         quantized = _convert(model)
-        out_dir.mkdir(parents=True, exist_ok=True)
         torch.save(_compact(quantized.state_dict()), out_dir / MODEL)
         (out_dir / SPEC_FILE).write_text(json.dumps(fused.spec.to_json()) + "\n")
-        precisions = {name: _precision(m) for name, m in conv_layers(quantized).items()}
-        macs = _conv_macs(fused)
-        (out_dir / "layers.json").write_text(json.dumps({"precisions": precisions, "macs": macs}, indent=1) + "\n")
-        self.save_config(out_dir)
+        table = self.layer_table(fused)
+        modules = dict(quantized.named_modules())  # the quantized modules keep the FP32 module paths
+        self.save_layers(out_dir, table, {path: [path] for path in table if path in modules},
+                         {path: _precision(modules[path]) for path in table if path in modules})
 
     def load(self, artifact_dir: Path, threads: int):
         _use_engine(self.config.engine)
@@ -134,9 +131,9 @@ class EagerBackend(Backend):
         return run
 
     def describe(self, artifact_dir: Path) -> ArtifactInfo:
-        layers = json.loads((artifact_dir / "layers.json").read_text())
-        return ArtifactInfo.from_layers(
-            layers["precisions"], layers["macs"],
+        table, precisions = self.load_layers(artifact_dir)
+        return ArtifactInfo.from_table(
+            table, precisions,
             size_bytes=sum((artifact_dir / name).stat().st_size for name in (MODEL, SPEC_FILE)),
             notes=f"torch eager, engine {self.config.engine}",
         )
@@ -182,34 +179,6 @@ def _precision(module: nn.Module) -> str:
     return "int8" if "quantized" in type(module).__module__ else "fp32"
 
 
-def _conv_macs(fused: FusedCTC, frames: int = 1000) -> dict[str, int]:
-    """Multiply-accumulates per conv for `frames` input frames (keys match the quantized names)."""
-    macs, length = {}, frames
-    names = {id(m): n for n, m in fused.named_modules()}
-    for block in fused.blocks:
-        block_in = length
-        for unit in block.body:
-            c = unit.conv
-            length = (length + 2 * c.padding[0] - c.dilation[0] * (c.kernel_size[0] - 1) - 1) // c.stride[0] + 1
-            macs[names[id(c)]] = _macs(c, length)
-        for unit in block.residuals:
-            macs[names[id(unit.conv)]] = _macs(unit.conv, block_in)
-    macs["decoder"] = _macs(fused.decoder, length)
-    return macs
-
-
-def _macs(conv: nn.Conv1d, out_frames: int) -> int:
-    return conv.out_channels * (conv.in_channels // conv.groups) * conv.kernel_size[0] * out_frames
-
-
-def _observed_ranges(model: nn.Module) -> dict[str, dict[str, float]]:
-    """Activation ranges each observer saw, human-readable (the .pt file is what quantize uses)."""
-    ranges = {}
-    for name, module in model.named_modules():
-        if isinstance(module, tq.ObserverBase) and hasattr(module, "min_val") and module.min_val.numel() == 1:
-            scale, zero_point = module.calculate_qparams()
-            ranges[name] = {
-                "min": float(module.min_val), "max": float(module.max_val),
-                "scale": float(scale), "zero_point": int(zero_point),
-            }
-    return ranges
+def _observer_state(prepared: nn.Module) -> dict[str, torch.Tensor]:
+    """The activation observers' buffers only (the weights come from the FP32 model again)."""
+    return {k: v for k, v in prepared.state_dict().items() if "activation_post_process" in k}

@@ -18,7 +18,6 @@ float on 8-bit inputs (`float_logits`).
 from __future__ import annotations
 
 import contextlib
-import json
 import re
 import tempfile
 from collections.abc import Iterable
@@ -29,7 +28,7 @@ import numpy as np
 import onnx
 from torch import nn
 
-from nemo_ptq.backends.base import ArtifactInfo, Backend, check_choices, check_flags, register, skip_calibration
+from nemo_ptq.backends.base import ArtifactInfo, Backend, check_choices, check_flags, register
 from nemo_ptq.backends.calibration import CalibrationSample
 from nemo_ptq.errors import ConfigError
 from nemo_ptq.models import export
@@ -50,10 +49,8 @@ PRESETS = {
                      "float_logits": False},
 }
 WEIGHT_LAYER_OPS = {"Conv", "MatMul", "Gemm"}
-RANGES = "ranges.json"
 MODEL = "model.onnx"
 TOKENS = "tokens.txt"
-LAYERS = "layers.json"
 # Optimized-graph ops that compute in integers; every other op on a weight layer runs in float.
 INT8_OPS = {"QLinearConv", "ConvInteger", "QLinearMatMul", "MatMulInteger", "MatMulIntegerToFloat",
             "DynamicQuantizeMatMul", "QGemm"}
@@ -98,14 +95,16 @@ class OrtConfig:
             value = getattr(self, key)
             if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
                 raise ValueError(f"{key} must be a list of names")
-        if self.precision == "fp32":
-            skip_calibration(self)
 
 
 @register
 class OrtBackend(Backend):
     name = "ort"
     config_class = OrtConfig
+    calibration_file = "ranges.json"  # ORT's own tensor-range format (save_tensors_data)
+
+    def calibration_sample(self) -> OrtCalibration | None:
+        return self.config.calibration if self.config.precision == "int8" else None
 
     def _fp32_onnx(self, fp32: nn.Module, work_dir: Path) -> Path:
         """The FP32 ONNX model quantization starts from (pre-processed when configured)."""
@@ -122,22 +121,15 @@ class OrtBackend(Backend):
                 quant_pre_process(str(path), str(pre), skip_symbolic_shape=True)
         return pre
 
-    def calibrate(self, fp32: nn.Module, features: Iterable[np.ndarray], out_dir: Path) -> None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        if self.config.precision == "int8":
-            from onnxruntime.quantization import save_tensors_data
+    def observe(self, fp32: nn.Module, features: Iterable[np.ndarray], payload: Path) -> None:
+        from onnxruntime.quantization import save_tensors_data
 
-            with tempfile.TemporaryDirectory() as tmp:
-                model = self._fp32_onnx(fp32, Path(tmp))
-                calibrator = self._calibrator(model, Path(tmp) / "augmented.onnx")
-                seen = 0
-                for feats in features:  # one utterance per call: memory stays at one utterance
-                    calibrator.collect_data(_Reader({export.INPUT: feats[None].astype(np.float32)}))
-                    seen += 1
-                if seen == 0:
-                    raise ConfigError("ort int8 calibration got no utterances: set calibration.num_utterances >= 1")
-                save_tensors_data(calibrator.compute_data(), out_dir / RANGES)
-        self.save_config(out_dir)
+        with tempfile.TemporaryDirectory() as tmp:
+            model = self._fp32_onnx(fp32, Path(tmp))
+            calibrator = self._calibrator(model, Path(tmp) / "augmented.onnx")
+            for feats in features:  # one utterance per call: memory stays at one utterance
+                calibrator.collect_data(_Reader({export.INPUT: feats[None].astype(np.float32)}))
+            save_tensors_data(calibrator.compute_data(), payload)
 
     def _calibrator(self, model: Path, augmented: Path):
         from onnxruntime.quantization import create_calibrator
@@ -148,33 +140,30 @@ class OrtBackend(Backend):
         return create_calibrator(model, None, augmented_model_path=str(augmented), calibrate_method=method,
                                  extra_options=options)
 
-    def quantize(self, fp32: nn.Module, calibration_dir: Path, out_dir: Path) -> None:
-        out_dir.mkdir(parents=True, exist_ok=True)
+    def convert(self, fp32: nn.Module, payload: Path | None, out_dir: Path) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             model_fp32 = self._fp32_onnx(fp32, Path(tmp))
-            macs = export.weight_layer_macs(onnx.load(str(model_fp32)), export.feature_dim(fp32, self.card))
-            if self.config.precision == "fp32":
+            table = self.layer_table(fp32)
+            names = export.onnx_layer_names(onnx.load(str(model_fp32)), table)
+            if payload is None:
                 model = onnx.load(str(model_fp32))
             else:
-                model = self._quantized(model_fp32, Path(calibration_dir) / RANGES, Path(tmp) / "int8.onnx")
+                model = self._quantized(model_fp32, payload, Path(tmp) / "int8.onnx")
         export.add_length_input(model)
         export.add_metadata(model, {**export.deployment_metadata(self.card), "precision": self.config.precision})
         onnx.save(model, str(out_dir / MODEL))
         export.write_tokens(out_dir / TOKENS, self.card)
-        (out_dir / LAYERS).write_text(json.dumps({"macs": macs}, indent=1) + "\n")
-        self.save_config(out_dir)
+        self.save_layers(out_dir, table, names)
 
     def _quantized(self, model_fp32: Path, ranges: Path, out_path: Path) -> onnx.ModelProto:
         from onnxruntime.quantization import QuantFormat, QuantType, load_tensors_data, quantize_static
 
-        if not ranges.is_file():
-            raise ConfigError(f"{ranges} is missing: run the calibrate stage of this variant first")
         graph = onnx.load(str(model_fp32))
         names = {out for node in graph.graph.node for out in node.output} | {export.INPUT}
         unknown = sorted(set(load_tensors_data(ranges).data) - names)
         if unknown:  # ranges from another model or export: applying them would be silently wrong
-            raise ConfigError(f"{ranges} has ranges for tensors this model lacks ({', '.join(unknown[:3])}, ...): "
-                              "re-run the calibrate stage")
+            raise self.foreign_calibration(ranges, f"has ranges for tensors this model lacks "
+                                                   f"({', '.join(unknown[:3])}, ...)")
         qtype = {"u8": QuantType.QUInt8, "s8": QuantType.QInt8}
         exclude = list(self.config.nodes_to_exclude)
         if self.config.op_types_to_quantize:  # a chosen op list: attention products stay float too
@@ -200,13 +189,14 @@ class OrtBackend(Backend):
 
     def describe(self, artifact_dir: Path) -> ArtifactInfo:
         artifact_dir = Path(artifact_dir)
-        macs = json.loads((artifact_dir / LAYERS).read_text())["macs"]
+        table, _ = self.load_layers(artifact_dir)
         with tempfile.TemporaryDirectory() as tmp:
             optimized = Path(tmp) / "optimized.onnx"
             _session(artifact_dir / MODEL, 1, optimized_path=optimized)
-            precisions = runtime_precisions(onnx.load(str(optimized)), macs)
-        return ArtifactInfo.from_layers(
-            precisions, macs,
+            names = [name for layer in table.values() for name in layer.runtime_names]
+            precisions = runtime_precisions(onnx.load(str(optimized)), names)
+        return ArtifactInfo.from_table(
+            table, precisions,
             size_bytes=sum((artifact_dir / name).stat().st_size for name in (MODEL, TOKENS)),
             notes=f"onnxruntime CPU, {self.config.precision}, preset {self.config.preset}; precisions read from "
                   "ORT's optimized graph (QLinearConv = int8)",

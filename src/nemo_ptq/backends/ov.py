@@ -15,7 +15,6 @@ the sampled features (compressed) and quantize runs NNCF on exactly those.
 
 from __future__ import annotations
 
-import json
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -25,20 +24,17 @@ import numpy as np
 import onnx
 from torch import nn
 
-from nemo_ptq.backends.base import ArtifactInfo, Backend, check_choices, register, skip_calibration
+from nemo_ptq.backends.base import ArtifactInfo, Backend, check_choices, register
 from nemo_ptq.backends.calibration import CalibrationSample
-from nemo_ptq.errors import ConfigError
 from nemo_ptq.models import export
 
 PRECISIONS = ("int8", "fp32")
 INFERENCE_PRECISIONS = ("f32", "bf16", "plugin_default")  # the CPU plugin's INFERENCE_PRECISION_HINT
 LOADERS = ("convert_model", "read_model")
 PRESETS = ("performance", "mixed")
-FEATURES = "features.npz"
 MODEL = "model.xml"
 WEIGHTS = "model.bin"
 TOKENS = "tokens.txt"
-LAYERS = "layers.json"
 WEIGHT_LAYER_TYPES = {"Convolution", "GroupConvolution", "FullyConnected", "MatMul", "Deconvolution"}
 
 
@@ -53,53 +49,53 @@ class OvConfig:
     def __post_init__(self) -> None:
         check_choices(self, {"precision": PRECISIONS, "inference_precision": INFERENCE_PRECISIONS,
                              "loader": LOADERS, "preset": PRESETS})
-        if self.precision == "fp32":
-            skip_calibration(self)
 
 
 @register
 class OvBackend(Backend):
     name = "ov"
     config_class = OvConfig
+    calibration_file = "features.npz"  # the sampled calibration features, compressed
 
-    def calibrate(self, fp32: nn.Module, features: Iterable[np.ndarray], out_dir: Path) -> None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        if self.config.precision == "int8":
-            arrays = {f"utt{i:05d}": feats.astype(np.float32) for i, feats in enumerate(features)}
-            if not arrays:
-                raise ConfigError("ov int8 calibration got no utterances: set calibration.num_utterances >= 1")
-            np.savez_compressed(out_dir / FEATURES, **arrays)
-        self.save_config(out_dir)
+    def calibration_sample(self) -> CalibrationSample | None:
+        return self.config.calibration if self.config.precision == "int8" else None
 
-    def quantize(self, fp32: nn.Module, calibration_dir: Path, out_dir: Path) -> None:
+    def observe(self, fp32: nn.Module, features: Iterable[np.ndarray], payload: Path) -> None:
+        with payload.open("wb") as out:  # np.savez would append .npz to a name without it
+            np.savez_compressed(out, **{f"utt{i:05d}": feats.astype(np.float32) for i, feats in enumerate(features)})
+
+    def convert(self, fp32: nn.Module, payload: Path | None, out_dir: Path) -> None:
         import openvino as ov
 
-        out_dir.mkdir(parents=True, exist_ok=True)
         features = export.feature_dim(fp32, self.card)
+        samples = None if payload is None else self._samples(payload, features)
+        table = self.layer_table(fp32)
         with tempfile.TemporaryDirectory() as tmp:  # the IR may map the ONNX file: save before it goes
             onnx_path = export.export_onnx(fp32, Path(tmp) / "model.onnx", features)
-            macs = export.weight_layer_macs(onnx.load(str(onnx_path)), features)
+            names = export.onnx_layer_names(onnx.load(str(onnx_path)), table)
             if self.config.loader == "convert_model":
                 model = ov.convert_model(onnx_path)
             else:
                 model = ov.Core().read_model(onnx_path)
-            if self.config.precision == "int8":
-                model = self._nncf_quantized(model, Path(calibration_dir) / FEATURES)
+            if samples is not None:
+                model = self._nncf_quantized(model, samples)
             metadata = {**export.deployment_metadata(self.card), "precision": self.config.precision}
             for key, value in metadata.items():
                 model.set_rt_info(value, ["nemo_ptq", key])
             ov.save_model(model, out_dir / MODEL, compress_to_fp16=False)  # keep float weights exact
         export.write_tokens(out_dir / TOKENS, self.card)
-        (out_dir / LAYERS).write_text(json.dumps({"macs": macs}, indent=1) + "\n")
-        self.save_config(out_dir)
+        self.save_layers(out_dir, table, names)
 
-    def _nncf_quantized(self, model, features_path: Path):
+    def _samples(self, payload: Path, features: int) -> list[np.ndarray]:
+        with np.load(payload) as saved:
+            samples = [saved[key][None] for key in sorted(saved.files)]
+        if any(sample.shape[1] != features for sample in samples):
+            raise self.foreign_calibration(payload, f"holds features of another size than this model's {features}")
+        return samples
+
+    def _nncf_quantized(self, model, samples: list[np.ndarray]):
         import nncf
 
-        if not features_path.is_file():
-            raise ConfigError(f"{features_path} is missing: run the calibrate stage of this variant first")
-        with np.load(features_path) as saved:
-            samples = [saved[key][None] for key in sorted(saved.files)]
         preset = {"performance": nncf.QuantizationPreset.PERFORMANCE, "mixed": nncf.QuantizationPreset.MIXED}
         return nncf.quantize(model, nncf.Dataset(samples), preset=preset[self.config.preset], subset_size=len(samples))
 
@@ -123,12 +119,13 @@ class OvBackend(Backend):
 
     def describe(self, artifact_dir: Path) -> ArtifactInfo:
         artifact_dir = Path(artifact_dir)
-        macs = json.loads((artifact_dir / LAYERS).read_text())["macs"]
+        table, _ = self.load_layers(artifact_dir)
         compiled = self._compiled(artifact_dir, threads=1)
-        precisions = runtime_precisions(compiled.get_runtime_model(), macs)
+        names = [name for layer in table.values() for name in layer.runtime_names]
+        precisions = runtime_precisions(compiled.get_runtime_model(), names)
         hint = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
-        return ArtifactInfo.from_layers(
-            precisions, macs,
+        return ArtifactInfo.from_table(
+            table, precisions,
             size_bytes=sum((artifact_dir / name).stat().st_size for name in (MODEL, WEIGHTS, TOKENS)),
             notes=f"OpenVINO CPU, {self.config.precision} IR via {self.config.loader}, "
                   f"INFERENCE_PRECISION_HINT={hint} ({self.config.inference_precision}); precisions are the "

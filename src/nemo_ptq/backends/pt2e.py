@@ -36,13 +36,10 @@ from nemo_ptq.backends.calibration import CalibrationSample
 from nemo_ptq.errors import BackendUnavailableError, ConfigError
 from nemo_ptq.models.export import feature_dim, grow_length_caches
 
-OBSERVERS = "observers.pt"
 PROGRAM = "model.pt2"
-LAYERS = "layers.json"
 COMPILE_LOG = "compile.json"
 EXAMPLE_FRAMES = 300
 SHAPES = ("buckets", "per_length", "dynamic")
-MAC_FRAMES = 1000
 ARCHIVE_ALIGNMENT = 64  # bytes, as torch.export.save aligns tensor records
 
 
@@ -72,6 +69,7 @@ class Pt2eConfig:
 class Pt2eBackend(Backend):
     name = "pt2e"
     config_class = Pt2eConfig
+    calibration_file = "observers.pt"  # the observers' buffers of the exported, observed graph
 
     def _observed(self, fp32: nn.Module) -> torch.fx.GraphModule:
         """The exported model with observers: what calibration runs through."""
@@ -100,27 +98,23 @@ class Pt2eBackend(Backend):
                               f"{type(fp32).__name__} is not: set shapes: per_length (or dynamic) for this model")
         return model
 
-    def calibrate(self, fp32: nn.Module, features: Iterable[np.ndarray], out_dir: Path) -> None:
+    def observe(self, fp32: nn.Module, features: Iterable[np.ndarray], payload: Path) -> None:
         observed = self._observed(fp32)
         with torch.no_grad():
             for feats in features:
                 x = torch.from_numpy(feats)[None]
                 observed(x, torch.tensor([x.shape[-1]])) if self._masked else observed(x)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        torch.save(_observer_state(observed), out_dir / OBSERVERS)
-        self.save_config(out_dir)
+        torch.save(_observer_state(observed), payload)
 
-    def quantize(self, fp32: nn.Module, calibration_dir: Path, out_dir: Path) -> None:
+    def convert(self, fp32: nn.Module, payload: Path, out_dir: Path) -> None:
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
 
-        path = Path(calibration_dir) / OBSERVERS
-        if not path.is_file():
-            raise ConfigError(f"{path} is missing: run the calibrate stage of this variant first")
         observed = self._observed(fp32)
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        missing = sorted(set(_observer_state(observed)) - set(state))
-        if missing:  # observers of another model or config: converting would use default ranges
-            raise ConfigError(f"{path} lacks observers {', '.join(missing[:3])}, ...: re-run the calibrate stage")
+        state = torch.load(payload, map_location="cpu", weights_only=True)
+        expected = set(_observer_state(observed))
+        if set(state) != expected:  # observers of another model: default or wrong ranges
+            differ = sorted(expected ^ set(state))
+            raise self.foreign_calibration(payload, f"holds other observers than this model's ({', '.join(differ[:3])}, ...)")
         observed.load_state_dict(state, strict=False)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -128,18 +122,18 @@ class Pt2eBackend(Backend):
         _drop_unused_parameters(converted)
         _share_zero_constants(converted)
         features = feature_dim(fp32, self.card)
-        out_dir.mkdir(parents=True, exist_ok=True)
         _save_compact(_export(converted, features, self._masked), out_dir / PROGRAM)
-        macs = _layer_macs(self._exportable(fp32), features)
-        layers = {"precisions": _graph_precisions(converted), "macs": macs}
-        (out_dir / LAYERS).write_text(json.dumps(layers, indent=1) + "\n")
+        exportable = self._exportable(fp32)
+        runtime = getattr(exportable, "runtime_paths", {})  # module paths in the Conv2d form
+        table = self.layer_table(fp32)
+        self.save_layers(out_dir, table, {path: [runtime.get(path, path)] for path in table},
+                         _graph_precisions(converted))
         # Compile once here so the artifact records what every process that loads it pays.
         run = self.load(out_dir, threads=torch.get_num_threads())
         start = time.perf_counter()
         run(np.zeros((1, features, EXAMPLE_FRAMES), dtype=np.float32))
         seconds = round(time.perf_counter() - start, 2)
         (out_dir / COMPILE_LOG).write_text(json.dumps({"first_call_seconds": seconds}) + "\n")
-        self.save_config(out_dir)
 
     def load(self, artifact_dir: Path, threads: int):
         compiled = _compiled(Path(artifact_dir) / PROGRAM, threads, dynamic=self.config.shapes == "dynamic")
@@ -159,13 +153,13 @@ class Pt2eBackend(Backend):
 
     def describe(self, artifact_dir: Path) -> ArtifactInfo:
         artifact_dir = Path(artifact_dir)
-        layers = json.loads((artifact_dir / LAYERS).read_text())
+        table, precisions = self.load_layers(artifact_dir)
         compile_note = ""
         if (artifact_dir / COMPILE_LOG).is_file():
             seconds = json.loads((artifact_dir / COMPILE_LOG).read_text())["first_call_seconds"]
             compile_note = f"; compile (first call, measured at quantize) {seconds:.1f} s"
-        return ArtifactInfo.from_layers(
-            layers["precisions"], layers["macs"], size_bytes=(artifact_dir / PROGRAM).stat().st_size,
+        return ArtifactInfo.from_table(
+            table, precisions, size_bytes=(artifact_dir / PROGRAM).stat().st_size,
             notes="torchao PT2E + X86InductorQuantizer, torch.compile (freezing); precision = conv with "
                   "quantized input and weight in the converted graph, which Inductor lowers to oneDNN qconv"
                   f"{'' if self.config.conv2d_form else ' (Conv1d form: left as dequantize + FP32 conv)'}"
@@ -181,11 +175,16 @@ class Conv2dForm(nn.Module):
         super().__init__()
         self.model = copy.deepcopy(fp32).eval()
         self.whole_body = hasattr(self.model, "logits")
-        for parent in list(self.model.modules()):
+        # FP32 module path -> the same layer's path here (what the exported graph's nodes name)
+        self.runtime_paths = {path: f"model.{path}" for path, _ in self.model.named_modules() if path}
+        for parent_path, parent in list(self.model.named_modules()):
             for child_name, child in list(parent.named_children()):
                 if type(child) is nn.Conv1d:
                     conv = _as_conv2d(child)
                     setattr(parent, child_name, conv if self.whole_body else _Reshaped(conv))
+                    if not self.whole_body:
+                        path = f"{parent_path}.{child_name}" if parent_path else child_name
+                        self.runtime_paths[path] += ".conv"
 
     def forward(self, features: torch.Tensor, lengths: torch.Tensor | None = None):
         """Log-probs; with `lengths` (valid frames of a zero-padded input) masked, and returned
@@ -324,24 +323,6 @@ def _graph_precisions(converted: torch.fx.GraphModule) -> dict[str, str]:
 def _module_path(path: str) -> str:
     """`L['self'].model.blocks[0]...` or `model.blocks.0...` -> `model.blocks.0...`."""
     return path.replace("L['self'].", "").replace("[", ".").replace("]", "").replace("'", "")
-
-
-def _layer_macs(model: nn.Module, features: int) -> dict[str, int]:
-    """MACs of each conv/linear layer for MAC_FRAMES input frames, by module path."""
-    macs, hooks = {}, []
-    for name, module in model.named_modules():
-        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Linear)):
-            def hook(mod, _inputs, output, name=name):
-                per_output = mod.in_features if isinstance(mod, nn.Linear) else mod.weight[0].numel()
-                macs[name] = int(output.numel()) * per_output
-            hooks.append(module.register_forward_hook(hook))
-    try:
-        with torch.no_grad():
-            model(torch.zeros(1, features, MAC_FRAMES))
-    finally:
-        for handle in hooks:
-            handle.remove()
-    return macs
 
 
 def _compiled(program_path: Path, threads: int, dynamic: bool):

@@ -13,7 +13,9 @@ Metrics (metrics/<variant>.json), headline numbers at the top level:
     speedup_vs_fp32     NeMo FP32 eager median / this median, both timed in this process
     size_mb, size_ratio_vs_fp32
                         deployable bytes (backend's describe(); FP32: the .nemo) / the .nemo
-    int8_conv_fraction, int8_mac_fraction
+    int8_weight_layer_fraction, int8_weight_mac_fraction
+                        share of the weight layers (conv, linear: the FP32 model's modules), by
+                        count and by multiply-accumulates, that really run in INT8
 then `sets` and `kinds` (real / synthetic) with the accuracy numbers per group, and details.
 """
 
@@ -181,8 +183,8 @@ def build_metrics(*, variant: str, backend: str, scores: dict, timings: dict[str
         "fp32_latency_ms_median": fp32_latency.median_ms,
         "size_mb": size_bytes / MB,
         "size_ratio_vs_fp32": size_bytes / fp32_sizes["fp32_nemo_bytes"],
-        "int8_conv_fraction": 0.0 if info is None else info.int8_conv_fraction,
-        "int8_mac_fraction": 0.0 if info is None else info.int8_mac_fraction,
+        "int8_weight_layer_fraction": 0.0 if info is None else info.int8_weight_layer_fraction,
+        "int8_weight_mac_fraction": 0.0 if info is None else info.int8_weight_mac_fraction,
     }
     return {
         **_rounded(headline),
@@ -197,9 +199,7 @@ def build_metrics(*, variant: str, backend: str, scores: dict, timings: dict[str
             "fp32_runs_ms": [round(1000 * t, 3) for t in timings[FP32]],
         },
         "size": {"bytes": size_bytes, **fp32_sizes},
-        "layers": [] if info is None else [
-            {"name": name, "precision": precision} for name, precision in info.layer_precisions.items()
-        ],
+        "layers": [] if info is None else info.layers,  # by FP32 module path, with the backend's names
         "artifact_notes": "" if info is None else info.notes,
         "model": {"source": card.get("source"), "trained": card.get("trained")},
         "system": system_info(),

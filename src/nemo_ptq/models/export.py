@@ -12,7 +12,7 @@ feature settings (ONNX `metadata_props`, with sherpa-onnx's keys), taken from th
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from nemo_ptq.errors import UnsupportedModelError
+from nemo_ptq.models.layers import scope_path
 
 INPUT = "audio_signal"
 LENGTH = "length"
@@ -103,35 +104,16 @@ def _inline_shared_initializers(model: onnx.ModelProto) -> None:
             model.graph.node.remove(node)
 
 
-def weight_layer_macs(model: onnx.ModelProto, features: int, frames: int = 1000) -> dict[str, int]:
-    """Multiply-accumulates of each Conv/MatMul/Gemm with a constant weight for `frames` input
-    frames. Output shapes come from one FP32 ONNX Runtime pass: ONNX shape inference loses them in
-    attention graphs (relative positions, dynamic reshapes)."""
-    import onnxruntime
-
-    weights = {init.name: list(init.dims) for init in model.graph.initializer}
-    layers = [n for n in model.graph.node
-              if n.op_type in WEIGHT_OPS and len(n.input) > 1 and n.input[1] in weights]
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    del probe.graph.output[:]
-    for node in layers:
-        probe.graph.output.append(onnx.helper.make_tensor_value_info(node.output[0], onnx.TensorProto.FLOAT, None))
-    options = onnxruntime.SessionOptions()
-    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every output
-    session = onnxruntime.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    outputs = session.run(None, {INPUT: np.zeros((1, features, frames), dtype=np.float32)})
-    macs = {}
-    for node, output in zip(layers, outputs):
-        weight = weights[node.input[1]]
-        if node.op_type == "Conv":  # (in channels / groups) x kernel per output element
-            per_output = int(np.prod(weight[1:]))
-        elif node.op_type == "Gemm" and any(a.name == "transB" and a.i == 1 for a in node.attribute):
-            per_output = weight[1]
-        else:  # MatMul / Gemm weight [in, out]
-            per_output = weight[0]
-        macs[node.name] = int(output.size) * per_output
-    return macs
+def onnx_layer_names(model: onnx.ModelProto, layers: Iterable[str]) -> dict[str, list[str]]:
+    """The Conv/MatMul/Gemm nodes of an exported model by the module path (in `layers`, the FP32
+    model's weight-layer table) whose forward emitted them, read from each node's scope name."""
+    names: dict[str, list[str]] = {}
+    for node in model.graph.node:
+        if node.op_type in WEIGHT_OPS:
+            path = scope_path(node.name.strip("/").split("/")[:-1], layers)
+            if path is not None:
+                names.setdefault(path, []).append(node.name)
+    return names
 
 
 def deployment_metadata(card: Mapping[str, Any]) -> dict[str, str]:
