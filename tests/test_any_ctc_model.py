@@ -99,7 +99,10 @@ def test_pt2e_static_shapes(tmp_path, request, model):
     entry = {"backend": "pt2e", "shapes": "per_length"}
     quantizer, log_probs, reference = _quantize_and_run(tmp_path, wrapped, card, entry)
     _check_output(log_probs, reference, card)
-    assert quantizer.describe(tmp_path / "q").int8_weight_layer_fraction > 0.9
+    info = quantizer.describe(tmp_path / "q")
+    # Every conv runs in INT8; some Linear layers stay float (Citrinet's squeeze-excitation, small MACs).
+    assert all(layer["precision"] == "int8" for layer in info.layers if layer["kind"] != "Linear")
+    assert info.int8_weight_mac_fraction > 0.9
 
 
 def test_pt2e_buckets_need_the_quartznet_rewrite(tmp_path, citrinet):

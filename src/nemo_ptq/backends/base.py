@@ -55,7 +55,7 @@ class ArtifactInfo:
     size_bytes: int  # bytes on disk of the files a deployment needs
     int8_weight_layer_fraction: float  # share of weight layers (conv, linear), by count, that run in INT8
     int8_weight_mac_fraction: float  # share of the weight layers' multiply-accumulates that run in INT8
-    layers: list[dict]  # per weight layer: FP32 module path, the backend's names, precision, MACs
+    layers: list[dict]  # per weight layer: FP32 module path, kind, the backend's names, precision, MACs
     notes: str = ""
 
     @property
@@ -76,7 +76,8 @@ class ArtifactInfo:
             size_bytes=size_bytes,
             int8_weight_layer_fraction=len(int8) / max(1, len(table)),
             int8_weight_mac_fraction=sum(table[path].macs for path in int8) / max(1, total),
-            layers=[{"name": path, "runtime_names": list(layer.runtime_names), "precision": precisions[path],
+            layers=[{"name": path, "kind": layer.kind, "runtime_names": list(layer.runtime_names),
+                     "precision": precisions[path],
                      "macs": layer.macs} for path, layer in table.items()],
             notes=notes,
         )
