@@ -25,7 +25,7 @@ from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
-from nemo_ptq.errors import ConfigError
+from nemo_ptq.config import parse_dataclass
 
 CONFIG_FILE = "variant.json"
 
@@ -100,20 +100,6 @@ class Backend(ABC):
 _REGISTRY: dict[str, type[Backend]] = {}
 
 
-def check_choices(config: Any, choices: Mapping[str, Iterable[str]]) -> None:
-    """Config validation: each named field holds one of its valid values."""
-    for key, valid in choices.items():
-        if getattr(config, key) not in valid:
-            raise ValueError(f"unknown {key} {getattr(config, key)!r}; choose one of: {', '.join(valid)}")
-
-
-def check_flags(config: Any, names: Iterable[str]) -> None:
-    """Config validation: each named field is a boolean (YAML `yes`/`1` would slip through otherwise)."""
-    for name in names:
-        if not isinstance(getattr(config, name), bool):
-            raise ValueError(f"{name} must be true or false")
-
-
 def skip_calibration(config: Any) -> None:
     """For a config that quantizes nothing (e.g. an FP32 baseline): the calibrate stage draws no data."""
     object.__setattr__(config, "calibration", None)
@@ -126,33 +112,3 @@ def register(cls: type[Backend]) -> type[Backend]:
 
 def registry() -> dict[str, type[Backend]]:
     return dict(_REGISTRY)
-
-
-def parse_dataclass(cls: type, values: Mapping[str, Any] | None, *, where: str) -> Any:
-    """Build a (possibly nested) dataclass from YAML values; unknown or missing keys are errors."""
-    values = dict(values or {})
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(fields))
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(fields)}")
-    kwargs = {}
-    for name, value in values.items():
-        field_type = fields[name].type
-        nested = _dataclass_type(field_type, cls)
-        if nested is not None and isinstance(value, Mapping):
-            value = parse_dataclass(nested, value, where=f"{where}.{name}")
-        kwargs[name] = value
-    try:
-        return cls(**kwargs)
-    except TypeError as err:  # a required key is missing
-        raise ConfigError(f"{where}: {err}") from None
-    except ValueError as err:  # __post_init__ validation
-        raise ConfigError(f"{where}: {err}") from None
-
-
-def _dataclass_type(annotation: Any, owner: type) -> type | None:
-    if isinstance(annotation, str):
-        import sys
-
-        annotation = getattr(sys.modules[owner.__module__], annotation, None)
-    return annotation if dataclasses.is_dataclass(annotation) else None

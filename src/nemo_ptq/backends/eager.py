@@ -20,8 +20,9 @@ import torch
 from torch import nn
 from torch.ao import quantization as tq
 
-from nemo_ptq.backends.base import ArtifactInfo, Backend, check_choices, check_flags, register
+from nemo_ptq.backends.base import ArtifactInfo, Backend, register
 from nemo_ptq.backends.calibration import CalibrationSample
+from nemo_ptq.config import check_choices, check_flags
 from nemo_ptq.errors import BackendUnavailableError, UnsupportedModelError
 from nemo_ptq.models.fused import SPEC_FILE, ConvUnit, FusedCTC, FusedSpec, conv_layers
 
