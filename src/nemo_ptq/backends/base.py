@@ -11,6 +11,13 @@ A config with calibration data has a `calibration` field holding at least `num_u
 `seed` (the calibrate stage draws that sample); a config without one is calibrated on nothing.
 `fused` is the FP32 quantizable model from the fuse stage (`nemo_ptq.models.fused.FusedArtifact`).
 Each stage runs in its own process, so everything a later stage needs goes through files.
+
+Process-wide settings: a backend leaves them as it found them. What its runtime needs (torch's
+intra-op threads, torch's quantized engine, Inductor and Dynamo config) it sets only inside the
+calls that need it (calibrate, quantize, load, and each call of the runner, which is where
+torch.compile compiles) and restores on the way out; `torch_threads` is the helper for threads.
+So `load(..., threads)` decides the runner's threads whatever the caller's torch setting, and a
+caller that runs several backends in one process (evaluate, the benchmarks) undoes nothing.
 """
 
 from __future__ import annotations
@@ -18,7 +25,8 @@ from __future__ import annotations
 import dataclasses
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -86,7 +94,8 @@ class Backend(ABC):
 
     @abstractmethod
     def load(self, artifact_dir: Path, threads: int) -> Runner:
-        """Load a saved artifact for inference with the given number of intra-op threads."""
+        """Load a saved artifact for inference with the given number of intra-op threads; neither
+        load nor the runner leaves a process-wide setting changed."""
 
     @abstractmethod
     def describe(self, artifact_dir: Path) -> ArtifactInfo:
@@ -112,3 +121,18 @@ def register(cls: type[Backend]) -> type[Backend]:
 
 def registry() -> dict[str, type[Backend]]:
     return dict(_REGISTRY)
+
+
+@contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """torch's intra-op thread count is process-wide: `threads` inside the block, the caller's after."""
+    import torch
+
+    previous = torch.get_num_threads()
+    if threads != previous:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != previous:
+            torch.set_num_threads(previous)

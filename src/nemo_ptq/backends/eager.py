@@ -9,9 +9,11 @@ decoder (1x1 conv, under 1 % of the MACs) stays float, so the logits are not rou
 
 from __future__ import annotations
 
+import functools
 import json
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +22,7 @@ import torch
 from torch import nn
 from torch.ao import quantization as tq
 
-from nemo_ptq.backends.base import ArtifactInfo, Backend, register
+from nemo_ptq.backends.base import ArtifactInfo, Backend, register, torch_threads
 from nemo_ptq.backends.calibration import CalibrationSample
 from nemo_ptq.config import check_choices, check_flags
 from nemo_ptq.errors import BackendUnavailableError, UnsupportedModelError
@@ -60,13 +62,30 @@ class EagerConfig:
             raise ValueError("qnnpack uses full-range activations; set calibration.reduce_range: false")
 
 
-def _use_engine(engine: str) -> None:
+@contextmanager
+def _engine(engine: str) -> Iterator[None]:
+    """torch's quantized engine is process-wide (it picks the kernels that pack and run INT8
+    weights): `engine` inside the block, the caller's after."""
     if engine not in torch.backends.quantized.supported_engines:
         raise BackendUnavailableError(
             f"quantized engine {engine!r} is not in this torch build "
             f"(available: {', '.join(torch.backends.quantized.supported_engines)})"
         )
+    previous = torch.backends.quantized.engine
     torch.backends.quantized.engine = engine
+    try:
+        yield
+    finally:
+        torch.backends.quantized.engine = previous
+
+
+def _in_engine(method):
+    """A Backend method that runs with the variant's quantized engine (see `_engine`)."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with _engine(self.config.engine):
+            return method(self, *args, **kwargs)
+    return wrapper
 
 
 @register
@@ -96,8 +115,8 @@ class EagerBackend(Backend):
             warnings.simplefilter("ignore")
             return tq.prepare(model)
 
+    @_in_engine
     def calibrate(self, fused: FusedCTC, features: Iterable[np.ndarray], out_dir: Path) -> None:
-        _use_engine(self.config.engine)
         model = self._prepared(fused)
         with torch.inference_mode():
             for feats in features:
@@ -107,8 +126,8 @@ class EagerBackend(Backend):
         (out_dir / RANGES).write_text(json.dumps(_observed_ranges(model), indent=1) + "\n")
         self.save_config(out_dir)
 
+    @_in_engine
     def quantize(self, fused: FusedCTC, calibration_dir: Path, out_dir: Path) -> None:
-        _use_engine(self.config.engine)
         model = self._prepared(fused)
         state = torch.load(calibration_dir / OBSERVER_STATE, map_location="cpu", weights_only=True)
         model.load_state_dict(state)
@@ -121,15 +140,14 @@ class EagerBackend(Backend):
         (out_dir / "layers.json").write_text(json.dumps({"precisions": precisions, "macs": macs}, indent=1) + "\n")
         self.save_config(out_dir)
 
+    @_in_engine
     def load(self, artifact_dir: Path, threads: int):
-        _use_engine(self.config.engine)
-        torch.set_num_threads(threads)
         spec = FusedSpec.from_json(json.loads((artifact_dir / SPEC_FILE).read_text()))
         module = _convert(self._prepared(FusedCTC(spec)))
         module.load_state_dict(_expanded(torch.load(artifact_dir / MODEL, map_location="cpu", weights_only=True)))
 
         def run(features: np.ndarray) -> np.ndarray:
-            with torch.inference_mode():
+            with _engine(self.config.engine), torch_threads(threads), torch.inference_mode():
                 return module(torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))).numpy()
 
         return run
