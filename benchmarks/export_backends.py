@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import tempfile
 import time
@@ -28,6 +27,7 @@ import torch
 
 from nemo_ptq.cli import quiet_environment
 from nemo_ptq.evaluation.latency import time_in_blocks
+from nemo_ptq.evaluation.sysinfo import cpu_info
 
 VARIANTS = {
     "Eager INT8 onednn (histogram)": {"backend": "eager", "engine": "onednn"},
@@ -121,7 +121,7 @@ def main() -> None:
     quiet_environment()
     torch.set_num_threads(args.threads)
 
-    from nemo_ptq.models.fused import nemo_log_probs
+    from nemo_ptq.evaluation.fp32 import NemoEagerRunner
 
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:
@@ -132,8 +132,7 @@ def main() -> None:
         features = rng.standard_normal((1, card["feature_dim"], args.frames)).astype(np.float32)
         runners, infos = prepare_runners(quantizable, card, Path(tmp), args.threads, calibration, args.only,
                                          ARCH_OVERRIDES.get(args.arch, {}))
-        runners = {"NeMo FP32 eager": lambda x: nemo_log_probs(model, torch.from_numpy(x)).numpy(), **runners}
-        torch.set_num_threads(args.threads)  # a backend's load may have changed it
+        runners = {"NeMo FP32 eager": NemoEagerRunner(model), **runners}  # the evaluate stage's FP32 runner
         calls = {label: (lambda run=run: run(features)) for label, run in runners.items()}
         times = {label: [1000 * t for t in seconds]
                  for label, seconds in time_in_blocks(calls, args.warmup, args.runs, args.rounds).items()}
@@ -146,9 +145,10 @@ def main() -> None:
                      "samples_ms": [round(t, 2) for t in samples]})
     rows += [{"variant": label, **info} for label, info in infos.items() if "failed" in info]
     nemo_ms = rows[0]["median_ms"]
+    cpu = cpu_info()
     print(f"\n{args.arch}, {args.frames} frames, {args.threads} threads, {len(next(iter(times.values())))} runs in "
           f"{args.rounds} rounds, {args.warmup} warm-up runs each and one untimed run per block, "
-          f"{platform.processor() or platform.machine()}, "
+          f"{cpu['model']} ({' '.join(cpu['isa'])}), "
           f"FP32 weights {fp32_bytes / 1e6:.1f} MB\n")
     print("| variant | median ms | IQR ms | vs NeMo FP32 | INT8 weight layers | INT8 weight MACs | size MB | × FP32 size |")
     print("|---|---|---|---|---|---|---|---|")
@@ -161,6 +161,7 @@ def main() -> None:
               f"{row.get('int8_weight_layers', '-')} | {row.get('int8_weight_macs', '-')} | {row.get('size_mb', '-')} | {ratio} |")
     if args.out:
         args.out.write_text(json.dumps({"arch": args.arch, "frames": args.frames, "threads": args.threads,
+                                        "cpu": cpu,
                                         "runs": args.runs, "fp32_weight_bytes": fp32_bytes, "rows": rows},
                                        indent=1) + "\n")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -40,8 +41,13 @@ def tiny_model():
 
 @pytest.fixture(scope="session")
 def tiny_nemo(tmp_path_factory, tiny_model) -> Path:
+    """The tiny model as a .nemo, with the card.json that fetch-pretrained would write beside it."""
+    from nemo_ptq.models.loading import ModelSource, describe
+
     path = tmp_path_factory.mktemp("models") / "tiny.nemo"
     tiny_model.save_to(str(path))
+    card = describe(tiny_model, ModelSource.parse("arch:quartznet_tiny")).to_json()
+    (path.parent / "card.json").write_text(json.dumps(card))
     return path
 
 

@@ -140,7 +140,7 @@ def test_cpu_info_reads_isa_flags(tmp_path):
     ({"threads": 0}, "threads must be >= 1"),
 ])
 def test_evaluate_params_name_the_bad_value(values, message):
-    from nemo_ptq.backends.base import parse_dataclass
+    from nemo_ptq.config import parse_dataclass
     from nemo_ptq.errors import ConfigError
     from nemo_ptq.params import EvaluateParams
 

@@ -7,7 +7,8 @@ from torch import nn
 from conftest import randomize_batchnorm
 from nemo_ptq.errors import UnsupportedModelError
 from nemo_ptq.models.architectures import build_quartznet, quartznet_config
-from nemo_ptq.models.fused import FusedCTC, conv_layers, nemo_log_probs, rewrite
+from nemo_ptq.models.fp32 import nemo_log_probs
+from nemo_ptq.models.fused import FusedCTC, conv_layers, rewrite
 
 
 @pytest.mark.parametrize("architecture", ["quartznet_5x5", "quartznet_15x5"])
@@ -61,3 +62,23 @@ def test_masked_padded_batch_matches_each_utterance_alone(tiny_fused):
             alone = tiny_fused.logits(utterance)
             assert alone.shape[-1] == int(out_lengths[row])
             assert torch.allclose(padded[row, :, : alone.shape[-1]], alone[0], atol=1e-5)
+
+
+def test_nemo_log_probs_is_what_nemo_forward_computes(tiny_model):
+    features = torch.randn(1, 64, 157, generator=torch.Generator().manual_seed(2))  # odd: a partial last frame
+    with torch.inference_mode():
+        expected, length, _ = tiny_model.forward(processed_signal=features,
+                                                 processed_signal_length=torch.tensor([157]))
+        actual = nemo_log_probs(tiny_model, features)
+    assert actual.shape[1] == int(length[0])
+    assert torch.equal(actual, expected)
+
+
+def test_nemo_ctc_switches_masking_off_in_its_copy_only(tiny_model):
+    from nemo.collections.asr.parts.submodules.jasper import MaskedConv1d
+
+    from nemo_ptq.models.fp32 import NemoCTC
+
+    wrapped = NemoCTC(tiny_model)
+    assert {m.use_mask for m in tiny_model.modules() if isinstance(m, MaskedConv1d)} == {True}
+    assert {m.use_mask for m in wrapped.modules() if isinstance(m, MaskedConv1d)} == {False}

@@ -1,6 +1,7 @@
 """Model sources: parsing, local .nemo restore, offline errors, the model card."""
 
 import pytest
+import torch
 
 from nemo_ptq.errors import ModelSourceError
 from nemo_ptq.models.architectures import QUARTZNET_VOCABULARY
@@ -58,3 +59,28 @@ def test_architecture_source_is_flagged_untrained():
     assert not card.trained and "random weights" in card.notes
     with pytest.raises(ModelSourceError, match="choose one of: quartznet_15x5"):
         fetch(ModelSource.parse("arch:quartznet_99x9"))
+
+
+class _ConfigOnlyModel(torch.nn.Module):
+    """Just what describe() and model_sample_rate() read: a config, a vocabulary, a subsampling factor."""
+
+    def __init__(self, cfg: dict):
+        from omegaconf import OmegaConf
+
+        super().__init__()
+        self.cfg = OmegaConf.create(cfg)
+        self.encoder, self.decoder = torch.nn.Module(), torch.nn.Module()
+        self.encoder.subsampling_factor, self.decoder.vocabulary = 2, [" ", "a"]
+
+
+@pytest.mark.parametrize("cfg, rate", [
+    ({"preprocessor": {"sample_rate": 8000}, "sample_rate": 22050}, 8000),
+    ({"preprocessor": {}, "sample_rate": 22050}, 22050),
+    ({"preprocessor": {}}, 16000),  # NeMo's preprocessors default to 16 kHz
+])
+def test_one_sample_rate_rule_for_the_card_and_prepare(cfg, rate):
+    from nemo_ptq.data.features import model_sample_rate
+
+    model = _ConfigOnlyModel(cfg)
+    assert model_sample_rate(model) == rate
+    assert describe(model, ModelSource.parse("file:x.nemo")).sample_rate == rate

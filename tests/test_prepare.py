@@ -117,3 +117,31 @@ def test_calibration_sharing_audio_with_eval_is_refused(workspace, tiny_nemo, mo
         calibration_set={"name": "cal", "kind": "real", "manifest": "clips/copy.jsonl"}))
     with pytest.raises(DataError, match="'cal' and eval set 'clips' share 1 audio file"):
         prepare_data(params, tiny_nemo, workspace / "prepared")
+
+
+def test_prepare_warns_once_about_characters_the_model_cannot_write(workspace, tiny_nemo, monkeypatch, capsys):
+    write_clip(workspace / "clips" / "c.wav", 0.5, 16000)
+    rows = [{"audio_filepath": "a.wav", "duration": 1.23, "text": "Caf\u00e9 na\u00efve \u4f60\u597d"},
+            {"audio_filepath": "b.wav", "duration": 0.87, "text": "room 101"}]
+    (workspace / "clips" / "m.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    (workspace / "clips" / "cal.jsonl").write_text(json.dumps({"audio_filepath": "c.wav", "duration": 0.5,
+                                                               "text": "Shut the gate."}) + "\n")
+    monkeypatch.chdir(workspace)
+    params = parse_data_params(data_section(
+        calibration_set={"name": "cal", "kind": "real", "manifest": "clips/cal.jsonl"}))
+    prepare_data(params, tiny_nemo, workspace / "prepared")
+
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1, warnings
+    assert "2 utterances with 6 characters not in the model's vocabulary: 0 1 \u00e9 \u00ef \u4f60 \u597d" in warnings[0]
+    clips = PreparedData.load(workspace / "prepared").eval_sets[0].utterances()
+    assert [u.text_norm for u in clips] == ["cafe naive", "room"]
+
+
+def test_prepare_needs_the_model_card(workspace, tiny_nemo, monkeypatch):
+    alone = workspace / "model" / "model.nemo"
+    alone.parent.mkdir()
+    shutil.copy(tiny_nemo, alone)
+    monkeypatch.chdir(workspace)
+    with pytest.raises(DataError, match="card.json is missing: run the fetch-pretrained stage"):
+        prepare_data(parse_data_params(data_section()), alone, workspace / "prepared")

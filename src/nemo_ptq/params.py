@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from nemo_ptq.backends.base import parse_dataclass
+from nemo_ptq.config import parse_dataclass
 from nemo_ptq.errors import ConfigError
 
 DEFAULT_PARAMS = Path("params.yaml")

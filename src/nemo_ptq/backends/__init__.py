@@ -16,6 +16,7 @@ from typing import Any
 
 from nemo_ptq.backends.base import Backend, registry
 from nemo_ptq.errors import ConfigError
+from nemo_ptq.params import load_section
 
 SUPPORT_MODULES = frozenset({"base", "calibration"})
 
@@ -42,7 +43,5 @@ def get_backend(variant: str, entry: Mapping[str, Any] | None, card: Mapping[str
 
 def backend_for_variant(variant: str, params_path: Path, model_dir: Path) -> Backend:
     """What the calibrate and quantize stages start from: params.yaml's entry plus the model card."""
-    from nemo_ptq.params import load_section
-
     card = json.loads((Path(model_dir) / "card.json").read_text())
     return get_backend(variant, load_section("variants", params_path).get(variant), card)

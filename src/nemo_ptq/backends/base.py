@@ -20,6 +20,13 @@ the artifact from it), `load` and `describe`. This class owns the rest of the co
 
 `fp32` is the FP32 model from the fuse stage (`FusedCTC`, or `NemoCTC` for other NeMo models).
 Each stage runs in its own process, so everything a later stage needs goes through files.
+
+Process-wide settings: a backend leaves them as it found them. What its runtime needs (torch's
+intra-op threads, torch's quantized engine, Inductor and Dynamo config) it sets only inside the
+calls that need it (calibrate, quantize, load, and each call of the runner, which is where
+torch.compile compiles) and restores on the way out; `torch_threads` is the helper for threads.
+So `load(..., threads)` decides the runner's threads whatever the caller's torch setting, and a
+caller that runs several backends in one process (evaluate, the benchmarks) undoes nothing.
 """
 
 from __future__ import annotations
@@ -28,7 +35,8 @@ import dataclasses
 import itertools
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -36,6 +44,7 @@ from typing import Any, ClassVar, Protocol
 import numpy as np
 
 from nemo_ptq.backends.calibration import CalibrationSample
+from nemo_ptq.config import parse_dataclass
 from nemo_ptq.errors import CalibrationError, ConfigError
 
 CONFIG_FILE = "variant.json"
@@ -119,7 +128,8 @@ class Backend(ABC):
 
     @abstractmethod
     def load(self, artifact_dir: Path, threads: int) -> Runner:
-        """Load a saved artifact for inference with the given number of intra-op threads."""
+        """Load a saved artifact for inference with the given number of intra-op threads; neither
+        load nor the runner leaves a process-wide setting changed."""
 
     @abstractmethod
     def describe(self, artifact_dir: Path) -> ArtifactInfo:
@@ -213,18 +223,6 @@ class Backend(ABC):
 _REGISTRY: dict[str, type[Backend]] = {}
 
 
-def check_choices(config: Any, choices: Mapping[str, Iterable[str]]) -> None:
-    """Config validation: each named field holds one of its valid values."""
-    for key, valid in choices.items():
-        if getattr(config, key) not in valid:
-            raise ValueError(f"unknown {key} {getattr(config, key)!r}; choose one of: {', '.join(valid)}")
-
-
-def check_flags(config: Any, names: Iterable[str]) -> None:
-    """Config validation: each named field is a boolean (YAML `yes`/`1` would slip through otherwise)."""
-    for name in names:
-        if not isinstance(getattr(config, name), bool):
-            raise ValueError(f"{name} must be true or false")
 
 
 def register(cls: type[Backend]) -> type[Backend]:
@@ -240,31 +238,16 @@ def registry() -> dict[str, type[Backend]]:
     return dict(_REGISTRY)
 
 
-def parse_dataclass(cls: type, values: Mapping[str, Any] | None, *, where: str) -> Any:
-    """Build a (possibly nested) dataclass from YAML values; unknown or missing keys are errors."""
-    values = dict(values or {})
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(fields))
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(fields)}")
-    kwargs = {}
-    for name, value in values.items():
-        field_type = fields[name].type
-        nested = _dataclass_type(field_type, cls)
-        if nested is not None and isinstance(value, Mapping):
-            value = parse_dataclass(nested, value, where=f"{where}.{name}")
-        kwargs[name] = value
+@contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """torch's intra-op thread count is process-wide: `threads` inside the block, the caller's after."""
+    import torch
+
+    previous = torch.get_num_threads()
+    if threads != previous:
+        torch.set_num_threads(threads)
     try:
-        return cls(**kwargs)
-    except TypeError as err:  # a required key is missing
-        raise ConfigError(f"{where}: {err}") from None
-    except ValueError as err:  # __post_init__ validation
-        raise ConfigError(f"{where}: {err}") from None
-
-
-def _dataclass_type(annotation: Any, owner: type) -> type | None:
-    if isinstance(annotation, str):
-        import sys
-
-        annotation = getattr(sys.modules[owner.__module__], annotation, None)
-    return annotation if dataclasses.is_dataclass(annotation) else None
+        yield
+    finally:
+        if torch.get_num_threads() != previous:
+            torch.set_num_threads(previous)

@@ -9,9 +9,11 @@ decoder (1x1 conv, under 1 % of the MACs) stays float, so the logits are not rou
 
 from __future__ import annotations
 
+import functools
 import json
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,8 +22,9 @@ import torch
 from torch import nn
 from torch.ao import quantization as tq
 
-from nemo_ptq.backends.base import ArtifactInfo, Backend, check_choices, check_flags, register
+from nemo_ptq.backends.base import ArtifactInfo, Backend, register, torch_threads
 from nemo_ptq.backends.calibration import CalibrationSample
+from nemo_ptq.config import check_choices, check_flags
 from nemo_ptq.errors import BackendUnavailableError, UnsupportedModelError
 from nemo_ptq.models.fused import SPEC_FILE, ConvUnit, FusedCTC, FusedSpec
 
@@ -57,13 +60,30 @@ class EagerConfig:
             raise ValueError("qnnpack uses full-range activations; set calibration.reduce_range: false")
 
 
-def _use_engine(engine: str) -> None:
+@contextmanager
+def _engine(engine: str) -> Iterator[None]:
+    """torch's quantized engine is process-wide (it picks the kernels that pack and run INT8
+    weights): `engine` inside the block, the caller's after."""
     if engine not in torch.backends.quantized.supported_engines:
         raise BackendUnavailableError(
             f"quantized engine {engine!r} is not in this torch build "
             f"(available: {', '.join(torch.backends.quantized.supported_engines)})"
         )
+    previous = torch.backends.quantized.engine
     torch.backends.quantized.engine = engine
+    try:
+        yield
+    finally:
+        torch.backends.quantized.engine = previous
+
+
+def _in_engine(method):
+    """A Backend method that runs with the variant's quantized engine (see `_engine`)."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with _engine(self.config.engine):
+            return method(self, *args, **kwargs)
+    return wrapper
 
 
 @register
@@ -94,16 +114,16 @@ class EagerBackend(Backend):
             warnings.simplefilter("ignore")
             return tq.prepare(model)
 
+    @_in_engine
     def observe(self, fused: FusedCTC, features: Iterable[np.ndarray], payload: Path) -> None:
-        _use_engine(self.config.engine)
         model = self._prepared(fused)
         with torch.inference_mode():
             for feats in features:
                 model(torch.from_numpy(feats)[None])
         torch.save(_observer_state(model), payload)
 
+    @_in_engine
     def convert(self, fused: FusedCTC, payload: Path, out_dir: Path) -> None:
-        _use_engine(self.config.engine)
         model = self._prepared(fused)
         state = torch.load(payload, map_location="cpu", weights_only=True)
         if set(state) != set(_observer_state(model)):  # observers of another model: wrong ranges
@@ -117,15 +137,14 @@ class EagerBackend(Backend):
         self.save_layers(out_dir, table, {path: [path] for path in table if path in modules},
                          {path: _precision(modules[path]) for path in table if path in modules})
 
+    @_in_engine
     def load(self, artifact_dir: Path, threads: int):
-        _use_engine(self.config.engine)
-        torch.set_num_threads(threads)
         spec = FusedSpec.from_json(json.loads((artifact_dir / SPEC_FILE).read_text()))
         module = _convert(self._prepared(FusedCTC(spec)))
         module.load_state_dict(_expanded(torch.load(artifact_dir / MODEL, map_location="cpu", weights_only=True)))
 
         def run(features: np.ndarray) -> np.ndarray:
-            with torch.inference_mode():
+            with _engine(self.config.engine), torch_threads(threads), torch.inference_mode():
                 return module(torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))).numpy()
 
         return run

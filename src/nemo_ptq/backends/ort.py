@@ -28,8 +28,9 @@ import numpy as np
 import onnx
 from torch import nn
 
-from nemo_ptq.backends.base import ArtifactInfo, Backend, check_choices, check_flags, register
+from nemo_ptq.backends.base import ArtifactInfo, Backend, register
 from nemo_ptq.backends.calibration import CalibrationSample
+from nemo_ptq.config import check_choices, check_flags
 from nemo_ptq.errors import ConfigError
 from nemo_ptq.models import export
 

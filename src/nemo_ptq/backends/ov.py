@@ -24,8 +24,9 @@ import numpy as np
 import onnx
 from torch import nn
 
-from nemo_ptq.backends.base import ArtifactInfo, Backend, check_choices, register
+from nemo_ptq.backends.base import ArtifactInfo, Backend, register
 from nemo_ptq.backends.calibration import CalibrationSample
+from nemo_ptq.config import check_choices
 from nemo_ptq.models import export
 
 PRECISIONS = ("int8", "fp32")

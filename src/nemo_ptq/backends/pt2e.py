@@ -23,7 +23,8 @@ import shutil
 import time
 import warnings
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,8 +32,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from nemo_ptq.backends.base import ArtifactInfo, Backend, check_choices, check_flags, register
+from nemo_ptq.backends.base import ArtifactInfo, Backend, register, torch_threads
 from nemo_ptq.backends.calibration import CalibrationSample
+from nemo_ptq.config import check_choices, check_flags
 from nemo_ptq.errors import BackendUnavailableError, ConfigError
 from nemo_ptq.models.export import feature_dim, grow_length_caches
 
@@ -136,12 +138,13 @@ class Pt2eBackend(Backend):
         (out_dir / COMPILE_LOG).write_text(json.dumps({"first_call_seconds": seconds}) + "\n")
 
     def load(self, artifact_dir: Path, threads: int):
-        compiled = _compiled(Path(artifact_dir) / PROGRAM, threads, dynamic=self.config.shapes == "dynamic")
+        dynamic = self.config.shapes == "dynamic"
+        compiled = _compiled(Path(artifact_dir) / PROGRAM, dynamic)
         bucket = self.config.bucket_frames
 
         def run(features: np.ndarray) -> np.ndarray:
             x = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
-            with torch.no_grad():
+            with _compile_settings(threads, dynamic), torch.no_grad():
                 if not self._masked:
                     return compiled(x).numpy()
                 frames = x.shape[-1]
@@ -325,18 +328,26 @@ def _module_path(path: str) -> str:
     return path.replace("L['self'].", "").replace("[", ".").replace("]", "").replace("'", "")
 
 
-def _compiled(program_path: Path, threads: int, dynamic: bool):
+def _compiled(program_path: Path, dynamic: bool):
+    """The program under torch.compile, which compiles at the first call of each shape (in the runner)."""
     _require_compiler()
-    import torch._inductor.config as inductor_config
     import torchao.quantization.pt2e  # noqa: F401  (registers the quantized_decomposed ops)
 
-    torch.set_num_threads(threads)
-    inductor_config.freezing = True  # constant weights: lets Inductor pre-pack INT8 convs for oneDNN
-    if not dynamic:  # per length or bucket: past the recompile limit Dynamo would run it uncompiled
-        torch._dynamo.config.recompile_limit = 1 << 16
-        torch._dynamo.config.accumulated_recompile_limit = 1 << 16
     program = torch.export.load(program_path)
     return torch.compile(program.module(), dynamic=dynamic)
+
+
+@contextmanager
+def _compile_settings(threads: int, dynamic: bool) -> Iterator[None]:
+    """Threads and the process-wide Inductor/Dynamo config that compiling and running need, for
+    one call: any call may compile (a new length or bucket)."""
+    import torch._inductor.config as inductor_config
+
+    # per length or bucket: past the recompile limit Dynamo would run it uncompiled
+    limits = {} if dynamic else {"recompile_limit": 1 << 16, "accumulated_recompile_limit": 1 << 16}
+    # freezing: constant weights let Inductor pre-pack INT8 convs for oneDNN
+    with torch_threads(threads), inductor_config.patch(freezing=True), torch._dynamo.config.patch(**limits):
+        yield
 
 
 def _require_compiler() -> None:

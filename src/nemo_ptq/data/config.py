@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from nemo_ptq.backends.base import parse_dataclass
+from nemo_ptq.config import parse_dataclass
 from nemo_ptq.errors import ConfigError
 
 KINDS = ("real", "synthetic")

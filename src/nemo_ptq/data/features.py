@@ -7,16 +7,17 @@ from typing import Any
 
 import numpy as np
 
-from nemo_ptq.errors import DataError, UnsupportedModelError
+from nemo_ptq.errors import DataError
+
+
+NEMO_DEFAULT_SAMPLE_RATE = 16000  # what NeMo's audio preprocessors use when their config names none
 
 
 def model_sample_rate(model: Any) -> int:
+    """The rate the model's audio must have: its preprocessor's, else the model config's, else NeMo's
+    default; the model card (fetch-pretrained) records the same value."""
     cfg = model.cfg
-    rate = cfg.preprocessor.get("sample_rate", cfg.get("sample_rate"))
-    if rate is None:
-        raise UnsupportedModelError("the model config gives no sample_rate (neither cfg.preprocessor "
-                                    "nor cfg): this pipeline needs a NeMo ASR model with an audio preprocessor")
-    return int(rate)
+    return int(cfg.preprocessor.get("sample_rate", cfg.get("sample_rate", NEMO_DEFAULT_SAMPLE_RATE)))
 
 
 class FeatureExtractor:

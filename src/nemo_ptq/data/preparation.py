@@ -2,12 +2,15 @@
 in the layout of `nemo_ptq.data.prepared`.
 
 Cheap checks (manifests, files, sentences, overlap of sources) run before the model is loaded,
-so a bad input fails in seconds rather than after feature extraction.
+so a bad input fails in seconds rather than after feature extraction. References are normalized
+for the characters the model can write (from its card; see `nemo_ptq.data.text`), and one
+warning line counts those it cannot.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 import tempfile
 from pathlib import Path
 
@@ -20,9 +23,10 @@ from nemo_ptq.data.disjoint import SetFingerprint, check_disjoint
 from nemo_ptq.data.features import FeatureExtractor
 from nemo_ptq.data.prepared import MANIFEST, SUMMARY
 from nemo_ptq.data.sources import collect
-from nemo_ptq.data.text import normalize_text
+from nemo_ptq.data.text import model_characters, normalize_text, vocabulary_warning
 from nemo_ptq.data.utterance import SourceUtterance
 from nemo_ptq.errors import DataError
+from nemo_ptq.models.card import read_card
 
 
 def prepare_data(params: DataParams, model_path: Path, out_dir: Path) -> dict:
@@ -30,6 +34,8 @@ def prepare_data(params: DataParams, model_path: Path, out_dir: Path) -> dict:
     from nemo_ptq.models.loading import load_nemo  # imports NeMo: only after the cheap checks
 
     out_dir = Path(out_dir)
+    card = read_card(Path(model_path).parent)  # fetch-pretrained writes it next to model.nemo
+    characters = model_characters(card["vocabulary"], card["tokenizer"])
     roles = [(spec, "eval") for spec in params.eval_sets] + [(params.calibration_set, "calibration")]
     with tempfile.TemporaryDirectory(prefix="nemo_ptq_prepare_") as scratch:
         listed = []
@@ -37,13 +43,17 @@ def prepare_data(params: DataParams, model_path: Path, out_dir: Path) -> dict:
             scratch_dir = Path(scratch) / spec.name
             scratch_dir.mkdir()
             listed.append((spec, role, collect(spec, scratch_dir)))
-        fingerprints = {spec.name: _source_fingerprint(spec, utterances) for spec, _, utterances in listed}
+        warning = vocabulary_warning((utt.text for _, _, utterances in listed for utt in utterances), characters)
+        if warning:
+            print(warning, file=sys.stderr, flush=True)
+        fingerprints = {spec.name: _source_fingerprint(spec, utterances, characters)
+                        for spec, _, utterances in listed}
         _check_roles_disjoint(params, fingerprints)
 
         extractor = FeatureExtractor(load_nemo(model_path))
         sets = [
             _write_set(spec, role, utterances, extractor, params.max_duration_s, out_dir / spec.name,
-                       fingerprints[spec.name])
+                       fingerprints[spec.name], characters)
             for spec, role, utterances in listed
         ]
         _check_roles_disjoint(params, fingerprints)  # now with the prepared audio's hashes
@@ -53,13 +63,14 @@ def prepare_data(params: DataParams, model_path: Path, out_dir: Path) -> dict:
     return summary
 
 
-def _source_fingerprint(spec: SetSpec, utterances: list[SourceUtterance]) -> SetFingerprint:
+def _source_fingerprint(spec: SetSpec, utterances: list[SourceUtterance], characters: frozenset[str]
+                        ) -> SetFingerprint:
     fingerprint = SetFingerprint(name=spec.name, kind=spec.kind)
     for utt in utterances:
-        text_norm = normalize_text(utt.text)
+        text_norm = normalize_text(utt.text, characters)
         if not text_norm:
-            raise DataError(f"{utt.origin}: the reference text {utt.text!r} is empty after normalization; "
-                            "give the utterance's transcript or remove it")
+            raise DataError(f"{utt.origin}: the reference text {utt.text!r} has no word the model can write; "
+                            "give the utterance's transcript (numbers as words) or remove it")
         if not utt.audio_path.is_file():
             raise DataError(f"{utt.origin}: audio file {utt.audio_path} not found")
         fingerprint.add(utt.id, source_sha256=sha256_file(utt.audio_path), text_norm=text_norm)
@@ -71,7 +82,7 @@ def _check_roles_disjoint(params: DataParams, fingerprints: dict[str, SetFingerp
 
 
 def _write_set(spec: SetSpec, role: str, utterances: list[SourceUtterance], extractor: FeatureExtractor,
-               max_duration_s: float, folder: Path, fingerprint: SetFingerprint) -> dict:
+               max_duration_s: float, folder: Path, fingerprint: SetFingerprint, characters: frozenset[str]) -> dict:
     (folder / "audio").mkdir(parents=True)
     (folder / "features").mkdir()
     rate = extractor.sample_rate
@@ -93,7 +104,7 @@ def _write_set(spec: SetSpec, role: str, utterances: list[SourceUtterance], extr
             "audio_filepath": f"audio/{utt.id}.wav",
             "duration": round(len(pcm) / rate, 6),
             "text": utt.text,
-            "text_norm": normalize_text(utt.text),
+            "text_norm": normalize_text(utt.text, characters),
             "source": utt.source,
         })
     with (folder / MANIFEST).open("w", encoding="utf-8") as f:

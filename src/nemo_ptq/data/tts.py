@@ -12,7 +12,6 @@ import subprocess
 from pathlib import Path
 
 from nemo_ptq.data.config import TtsSource
-from nemo_ptq.data.text import normalize_text
 from nemo_ptq.data.utterance import SourceUtterance, utterance_id
 from nemo_ptq.errors import DataError
 
@@ -29,8 +28,8 @@ def read_sentences(path: Path) -> list[tuple[int, str]]:
         sentence = " ".join(line.split())
         if not sentence:
             continue
-        if not normalize_text(sentence):
-            raise DataError(f"{path} line {line_no} has no words after normalization: remove it")
+        if not any(char.isalnum() for char in sentence):  # prepare then checks them against the vocabulary
+            raise DataError(f"{path} line {line_no} has no words: remove it")
         sentences.append((line_no, sentence))
     if not sentences:
         raise DataError(f"sentence file {path} is empty: write one sentence per line")

@@ -8,12 +8,12 @@ and turn the "▁" word marker into a space.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
+from functools import cached_property
 
 import numpy as np
 
+from nemo_ptq.data.text import model_characters
 from nemo_ptq.errors import DataError
 
 WORD_MARKER = "\u2581"  # sentencepiece's "▁"
@@ -34,6 +34,11 @@ class CtcVocabulary:
                 f"model card has blank_id {self.blank_id} but {len(self.tokens)} tokens; NeMo CTC puts the "
                 "blank last (blank_id = len(vocabulary)): rerun fetch-pretrained"
             )
+
+    @cached_property
+    def characters(self) -> frozenset[str]:
+        """What the model can write: the input of text normalization (`nemo_ptq.data.text`)."""
+        return model_characters(self.tokens, self.tokenizer)
 
     @classmethod
     def from_card(cls, card: dict) -> "CtcVocabulary":
@@ -65,18 +70,3 @@ class CtcVocabulary:
                 "plus blank: the artifact and data/model/card.json come from different models"
             )
         return self.decode_ids(log_probs.argmax(axis=-1))
-
-
-CARD_KEYS = ("vocabulary", "blank_id", "tokenizer", "sample_rate", "feature_dim")
-
-
-def read_card(model_dir: Path) -> dict:
-    """data/model/card.json, checked for the keys evaluation needs."""
-    path = Path(model_dir) / "card.json"
-    if not path.is_file():
-        raise DataError(f"{path} is missing: run the fetch-pretrained stage first (dvc repro fetch-pretrained)")
-    card = json.loads(path.read_text())
-    missing = [key for key in CARD_KEYS if key not in card]
-    if missing:
-        raise DataError(f"{path} lacks {', '.join(missing)}: rerun dvc repro fetch-pretrained")
-    return card

@@ -34,12 +34,13 @@ from nemo_ptq.backends.base import ArtifactInfo, Runner
 from nemo_ptq.data.prepared import PreparedData, PreparedSet
 from nemo_ptq.data.text import normalize_text
 from nemo_ptq.errors import ConfigError, DataError
-from nemo_ptq.evaluation.decoding import CtcVocabulary, read_card
+from nemo_ptq.evaluation.decoding import CtcVocabulary
 from nemo_ptq.evaluation.fp32 import MODEL_FILE, NemoEagerRunner, latency_features, load_fp32, state_dict_bytes
 from nemo_ptq.evaluation.latency import latency_stats, time_in_blocks
 from nemo_ptq.evaluation.scoring import score_sets
 from nemo_ptq.evaluation.sysinfo import system_info
 from nemo_ptq.evaluation.transcripts import Transcript, read_hypotheses
+from nemo_ptq.models.card import read_card
 from nemo_ptq.params import EvaluateParams
 
 FP32 = "fp32"  # the reserved variant name of the baseline
@@ -90,7 +91,8 @@ def transcribe(runner: Runner, vocabulary: CtcVocabulary, sets: Sequence[Prepare
                 f"{utt.features_path} has shape {features.shape}, expected [{feature_dim}, frames]: "
                 "the prepared data was made for another model, rerun dvc repro prepare"
             )
-        hypothesis = normalize_text(vocabulary.decode(runner(features[None].astype("float32"))))
+        hypothesis = normalize_text(vocabulary.decode(runner(features[None].astype("float32"))),
+                                    vocabulary.characters)
         transcripts[prepared_set.name].append(Transcript(utt.id, utt.text_norm, hypothesis, utt.duration))
     return transcripts
 

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from nemo_ptq.evaluation.latency import speech_like_signal
+from nemo_ptq.models.fp32 import nemo_log_probs
 from nemo_ptq.models.loading import load_nemo
 
 MODEL_FILE = "model.nemo"
@@ -27,10 +28,7 @@ class NemoEagerRunner:
 
     def __call__(self, features: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            signal = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
-            length = torch.tensor([signal.shape[-1]], dtype=torch.int64)
-            log_probs, encoded_len, _ = self.model.forward(processed_signal=signal, processed_signal_length=length)
-            return log_probs[:, : int(encoded_len[0])].numpy()
+            return nemo_log_probs(self.model, torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))).numpy()
 
 
 def latency_features(model: Any, seconds: float, sample_rate: int) -> np.ndarray:

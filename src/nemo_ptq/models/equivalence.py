@@ -9,7 +9,8 @@ import torch
 from tqdm import tqdm
 
 from nemo_ptq.errors import EquivalenceError
-from nemo_ptq.models.fused import FusedCTC, nemo_log_probs
+from nemo_ptq.models.fp32 import nemo_log_probs
+from nemo_ptq.models.fused import FusedCTC
 
 
 def check_equivalence(model: Any, fused: FusedCTC, utterances: Sequence[Any], tolerance: float) -> dict:

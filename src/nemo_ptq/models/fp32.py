@@ -8,6 +8,7 @@ can quantize it.
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -20,22 +21,29 @@ from nemo_ptq.models.fused import FusedCTC
 KIND_FILE = "fp32_kind.json"
 
 
+def nemo_log_probs(model: Any, features: torch.Tensor) -> torch.Tensor:
+    """NeMo's own FP32 forward from features: [B, feature_dim, frames] with all frames valid ->
+    log-probs [B, frames', vocabulary + 1]. What `EncDecCTCModel.forward` computes from processed
+    features; the one FP32 forward that evaluate, the fuse check and the benchmarks run."""
+    length = torch.full((features.shape[0],), features.shape[-1], dtype=torch.int64)
+    encoded, _ = model.encoder(audio_signal=features, length=length)
+    return model.decoder(encoder_output=encoded)
+
+
 class NemoCTC(nn.Module):
-    """features [B, feature_dim, frames] -> log-probs [B, frames', vocabulary + 1], batch of one
-    utterance with all frames valid."""
+    """`nemo_log_probs` of a copy of the model with masking switched off, as NeMo's export does;
+    the model it came from keeps NeMo's masking."""
 
     def __init__(self, model: Any):
         super().__init__()
-        for module in (model.encoder, model.decoder):
+        self.encoder = copy.deepcopy(model.encoder)
+        self.decoder = copy.deepcopy(model.decoder)
+        for module in (self.encoder, self.decoder):
             if hasattr(module, "_prepare_for_export"):
                 module._prepare_for_export(noreplace=True)
-        self.encoder = model.encoder
-        self.decoder = model.decoder
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        length = torch.full((features.shape[0],), features.shape[-1], dtype=torch.int64)
-        encoded, _ = self.encoder(audio_signal=features, length=length)
-        return self.decoder(encoder_output=encoded)
+        return nemo_log_probs(self, features)
 
 
 def write_kind(out_dir: Path, kind: str, reason: str = "") -> None:

@@ -315,11 +315,3 @@ def _assign(conv: nn.Conv1d, weight: torch.Tensor, bias: torch.Tensor | None) ->
     conv.weight.copy_(weight)
     if bias is not None:
         conv.bias.copy_(bias)
-
-
-def nemo_log_probs(model: Any, features: torch.Tensor) -> torch.Tensor:
-    """NeMo's own forward from features of one utterance (all frames valid)."""
-    length = torch.tensor([features.shape[-1]] * features.shape[0])
-    with torch.inference_mode():
-        encoded, _ = model.encoder(audio_signal=features, length=length)
-        return model.decoder(encoder_output=encoded)

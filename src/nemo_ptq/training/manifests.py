@@ -6,34 +6,15 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
-from nemo_ptq.errors import DataError
+from nemo_ptq.data import manifest as data_manifest
 from nemo_ptq.training.text import normalize_text
 
 
 def read_manifest(path: Path, include_prefix: str = "") -> list[dict]:
-    """Rows with absolute audio paths (relative ones resolve against the manifest's folder).
-
-    `include_prefix` keeps only rows whose audio path, as written in the file, starts with it.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"manifest {path} not found")
-    rows = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            if not str(row["audio_filepath"]).startswith(include_prefix):
-                continue
-            audio = Path(row["audio_filepath"])
-            row["audio_filepath"] = str(audio if audio.is_absolute() else (path.parent / audio).resolve())
-            row["duration"] = float(row["duration"])
-            row["text"] = str(row["text"])
-        except (ValueError, KeyError, TypeError) as err:
-            raise DataError(f"{path}:{number} is not a manifest row ({err})") from None
-        rows.append(row)
-    return rows
+    """The rows of `nemo_ptq.data.manifest.read_manifest` as dicts with every key kept and an
+    absolute audio path: the recipe adds keys (source, voices, speed) and writes rows back."""
+    return [{**entry.row, "audio_filepath": str(entry.audio_path.resolve()), "duration": entry.duration}
+            for entry in data_manifest.read_manifest(path, include_prefix)]
 
 
 def write_manifest(path: Path, rows: Iterable[dict]) -> int:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from nemo_ptq.backends.base import check_choices, parse_dataclass
+from nemo_ptq.config import check_choices, parse_dataclass
 from nemo_ptq.errors import ConfigError
 from nemo_ptq.models.architectures import ARCHITECTURES
 

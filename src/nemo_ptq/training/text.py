@@ -1,25 +1,21 @@
-"""Transcript normalization and the choice of sentences to synthesize."""
+"""Transcripts, sentence files and the choice of sentences to synthesize."""
 
 from __future__ import annotations
 
 import random
-import re
 from collections.abc import Iterable
 from pathlib import Path
 
-_NOT_IN_VOCABULARY = re.compile(r"[^a-z' ]+")
-_SPACES = re.compile(r"\s+")
+from nemo_ptq.data import text as shared_text
+from nemo_ptq.models.architectures import QUARTZNET_VOCABULARY
+
+# The recipe's model writes QuartzNet's characters: targets and WER use the pipeline's rule for them.
+CHARACTERS = shared_text.model_characters(QUARTZNET_VOCABULARY, "char")
 
 
 def normalize_text(text: str) -> str:
-    """The form that both training targets and WER use: lowercase, a-z, apostrophe, single spaces.
-
-    Hyphens and other punctuation become spaces so that "well-known" scores as two words, as
-    LibriSpeech references write it.
-    """
-    text = text.lower().replace("\u2019", "'")
-    text = _NOT_IN_VOCABULARY.sub(" ", text)
-    return _SPACES.sub(" ", text).strip()
+    """`nemo_ptq.data.text.normalize_text` for the recipe's vocabulary (a-z, apostrophe)."""
+    return shared_text.normalize_text(text, CHARACTERS)
 
 
 def read_librispeech_transcripts(path: Path) -> dict[str, str]:
