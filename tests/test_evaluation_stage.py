@@ -3,6 +3,7 @@ variant through a fake backend registered for the test, MLflow mirroring, and th
 
 from __future__ import annotations
 
+import hashlib
 import json
 import runpy
 import sys
@@ -122,6 +123,9 @@ def test_evaluate_fp32_and_a_variant(workspace, monkeypatch, tmp_path):
     assert len(fake["latency"]["runs_ms"]) == len(fake["latency"]["fp32_runs_ms"]) == 3
     assert fake["latency"]["threads"] == 1 and len(fp32["latency"]["runs_ms"]) == 3
     assert fp32["size"]["fp32_state_dict_bytes"] > 0 and fp32["model"]["trained"] is False
+    nemo_sha = hashlib.sha256((workspace / "data/model/model.nemo").read_bytes()).hexdigest()
+    assert fp32["model"]["nemo_sha256"] == fake["model"]["nemo_sha256"] == nemo_sha  # what the report checks
+    assert [s["name"] for s in fake["eval_sets"]] == list(SETS) and fake["eval_sets"] == fp32["eval_sets"]
     assert set(fp32["system"]) == {"cpu", "logical_cpus", "isa", "versions"}
     assert any(v.startswith("torch==") for v in fp32["system"]["versions"])
     rows = [json.loads(line) for line in (workspace / "data/evaluation/fake8/clips.jsonl").read_text().splitlines()]

@@ -62,7 +62,7 @@ class ArtifactInfo:
 
 
 class Backend(ABC):
-    """Subclasses set `name` and `config_class` and implement the five methods."""
+    """Subclasses set `name` and `config_class` and implement the four abstract methods."""
 
     name: ClassVar[str]
     config_class: ClassVar[type]
