@@ -25,6 +25,7 @@ def workspace(tmp_path_factory) -> Path:
     """data/model (tiny .nemo + card.json), data/prepared (2 sets x 2 utterances) and params.yaml."""
     import torch
 
+    from nemo_ptq.data.audio import to_pcm16, write_wav
     from nemo_ptq.evaluation.latency import speech_like_signal
     from nemo_ptq.models.architectures import build_quartznet
     from nemo_ptq.models.loading import ModelSource, describe
@@ -40,12 +41,14 @@ def workspace(tmp_path_factory) -> Path:
     summary = {"sample_rate": 16000, "feature_dim": 64, "sets": []}
     for k, (name, kind) in enumerate(SETS.items()):
         (prepared / name / "features").mkdir(parents=True)
+        (prepared / name / "audio").mkdir()
         rows = []
         for i in range(2):
             audio = torch.from_numpy(speech_like_signal(1.0 + 0.5 * i, 16000, seed=10 * k + i))[None]
             with torch.inference_mode():
                 features, length = model.preprocessor(input_signal=audio, length=torch.tensor([audio.shape[1]]))
             np.save(prepared / name / "features" / f"u{i}.npy", features[0, :, : int(length[0])].numpy())
+            write_wav(prepared / name / "audio" / f"u{i}.wav", to_pcm16(audio[0].numpy()), 16000)
             rows.append({"id": f"u{i}", "audio_filepath": f"audio/u{i}.wav", "duration": audio.shape[1] / 16000,
                          "text": f"Hello, World {i}!", "text_norm": f"hello world {i}", "source": "test"})
         (prepared / name / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))

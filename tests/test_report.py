@@ -90,6 +90,11 @@ def test_eval_set_hash_covers_the_audio(tmp_path, inputs):
     [before] = provenance.eval_sets(PreparedData.load(inputs["prepared"]))
     [after] = provenance.eval_sets(PreparedData.load(other))
     assert before["name"] == after["name"] and before["sha256"] != after["sha256"]
+    (other / "clips" / "audio" / "u2.wav").unlink()
+    with pytest.raises(DataError, match=r"u2.wav is missing: rerun the prepare stage"):
+        report.Inputs.current(inputs["model"], other)
+    with pytest.raises(DataError, match=r"nope.nemo is missing: run dvc repro fetch-pretrained"):
+        report.Inputs.current(tmp_path / "nope.nemo", inputs["prepared"])
 
 
 def test_a_row_from_another_eval_set_or_model_is_an_error(tmp_path, metrics_dir, inputs):
