@@ -1,8 +1,11 @@
-"""Stage report: every variant's metrics in one table, one Pareto plot and one points file.
+"""Stage report: the params.yaml variants' metrics in one table, one Pareto plot and one points file.
 
-    python stages/report.py --metrics metrics --out-plot plots/pareto.png \
-        --out-table metrics/summary.json --out-points plots/pareto.json
+    python stages/report.py --metrics metrics --params params.yaml --model data/model/model.nemo \
+        --prepared data/prepared --out-plot plots/pareto.png --out-table reports/summary.json \
+        --out-points plots/pareto.json
 
+Reads metrics/fp32.json and metrics/<v>.json for each variant v in params.yaml, each of which must
+have been measured on --model and --prepared's eval sets (else an error says which stage to rerun).
 Prints the table as markdown; the outputs are then mirrored to an MLflow "summary" run.
 """
 
@@ -18,8 +21,11 @@ from nemo_ptq.cli import run_stage, stage_outputs
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--metrics", type=Path, required=True, help="folder of evaluate metrics files")
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="its variants are the rows")
+    parser.add_argument("--model", type=Path, required=True, help="the .nemo the rows must come from")
+    parser.add_argument("--prepared", type=Path, required=True, help="prepare output: the eval sets the rows must use")
     parser.add_argument("--out-plot", type=Path, required=True)
-    parser.add_argument("--out-table", type=Path, required=True, help="summary JSON (may live in --metrics)")
+    parser.add_argument("--out-table", type=Path, required=True, help="summary JSON")
     parser.add_argument("--out-points", type=Path, required=True, help="plotted points for `dvc plots`")
     return parser.parse_args()
 
@@ -27,9 +33,12 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     from nemo_ptq import report, tracking
+    from nemo_ptq.params import load_section
 
     with stage_outputs(args.out_plot, args.out_table, args.out_points):
-        metrics = report.load_metrics(args.metrics, skip=(args.out_table,))
+        variants = list(load_section("variants", args.params) or {})
+        inputs = report.Inputs.current(args.model, args.prepared)
+        metrics, left_out = report.load_metrics(args.metrics, variants, inputs)
         rows = report.summary_rows(metrics)
         front = report.pareto_front(rows)
         points = report.plot_points(rows, front)
@@ -41,6 +50,8 @@ def main() -> None:
         ):
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(payload, indent=2) + "\n")
+    if left_out:
+        print(f"not shown (not a variant in {args.params}): {', '.join(str(p) for p in left_out)}")
     print(report.markdown_table(rows))
     print(f"\nPareto front (latency vs WER): {', '.join(front) or '(none)'}")
 

@@ -3,6 +3,7 @@ variant through a fake backend registered for the test, MLflow mirroring, and th
 
 from __future__ import annotations
 
+import hashlib
 import json
 import runpy
 import sys
@@ -25,6 +26,7 @@ def workspace(tmp_path_factory) -> Path:
     """data/model (tiny .nemo + card.json), data/prepared (2 sets x 2 utterances) and params.yaml."""
     import torch
 
+    from nemo_ptq.data.audio import to_pcm16, write_wav
     from nemo_ptq.evaluation.latency import speech_like_signal
     from nemo_ptq.models.architectures import build_quartznet
     from nemo_ptq.models.loading import ModelSource, describe
@@ -40,12 +42,14 @@ def workspace(tmp_path_factory) -> Path:
     summary = {"sample_rate": 16000, "feature_dim": 64, "sets": []}
     for k, (name, kind) in enumerate(SETS.items()):
         (prepared / name / "features").mkdir(parents=True)
+        (prepared / name / "audio").mkdir()
         rows = []
         for i in range(2):
             audio = torch.from_numpy(speech_like_signal(1.0 + 0.5 * i, 16000, seed=10 * k + i))[None]
             with torch.inference_mode():
                 features, length = model.preprocessor(input_signal=audio, length=torch.tensor([audio.shape[1]]))
             np.save(prepared / name / "features" / f"u{i}.npy", features[0, :, : int(length[0])].numpy())
+            write_wav(prepared / name / "audio" / f"u{i}.wav", to_pcm16(audio[0].numpy()), 16000)
             rows.append({"id": f"u{i}", "audio_filepath": f"audio/u{i}.wav", "duration": audio.shape[1] / 16000,
                          "text": f"Hello, World {i}!", "text_norm": f"hello world {i}", "source": "test"})
         (prepared / name / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -145,6 +149,9 @@ def test_evaluate_fp32_and_a_variant(workspace, monkeypatch, tmp_path):
     assert len(fake["latency"]["runs_ms"]) == len(fake["latency"]["fp32_runs_ms"]) == 3
     assert fake["latency"]["threads"] == 1 and len(fp32["latency"]["runs_ms"]) == 3
     assert fp32["size"]["fp32_state_dict_bytes"] > 0 and fp32["model"]["trained"] is False
+    nemo_sha = hashlib.sha256((workspace / "data/model/model.nemo").read_bytes()).hexdigest()
+    assert fp32["model"]["nemo_sha256"] == fake["model"]["nemo_sha256"] == nemo_sha  # what the report checks
+    assert [s["name"] for s in fake["eval_sets"]] == list(SETS) and fake["eval_sets"] == fp32["eval_sets"]
     assert set(fp32["system"]) == {"cpu", "logical_cpus", "isa", "versions"}
     assert any(v.startswith("torch==") for v in fp32["system"]["versions"])
     rows = [json.loads(line) for line in (workspace / "data/evaluation/fake8/clips.jsonl").read_text().splitlines()]

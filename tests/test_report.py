@@ -1,4 +1,4 @@
-"""The report stage on three fake metrics files: table, Pareto front, plot and points."""
+"""The report stage: rows are exactly params.yaml's variants, all measured on the current model and sets."""
 
 from __future__ import annotations
 
@@ -8,66 +8,150 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
-from nemo_ptq import report
+from nemo_ptq import provenance, report
+from nemo_ptq.data.prepared import PreparedData
+from nemo_ptq.errors import DataError
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def fake_metrics(variant: str, wer: float, latency: float, size: float) -> dict:
+def write_prepared(root: Path, clips: dict[str, bytes]) -> Path:
+    """A prepare output with one eval set 'clips' (audio bytes need not be real WAV: only hashed)."""
+    folder = root / "clips"
+    (folder / "audio").mkdir(parents=True)
+    rows = []
+    for utt_id, audio in clips.items():
+        (folder / "audio" / f"{utt_id}.wav").write_bytes(audio)
+        rows.append({"id": utt_id, "audio_filepath": f"audio/{utt_id}.wav", "duration": 1.0, "text": "a",
+                     "text_norm": "a", "source": "test"})
+    (folder / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summary = {"sample_rate": 16000, "feature_dim": 64,
+               "sets": [{"name": "clips", "kind": "real", "role": "eval", "utterances": len(rows), "seconds": 1.0}]}
+    (root / "summary.json").write_text(json.dumps(summary))
+    return root
+
+
+@pytest.fixture()
+def inputs(tmp_path) -> dict:
+    model = tmp_path / "model.nemo"
+    model.write_bytes(b"model weights")
+    prepared = write_prepared(tmp_path / "prepared", {"u1": b"one", "u2": b"two"})
+    return {"model": model, "prepared": prepared, "current": report.Inputs.current(model, prepared)}
+
+
+def fake_metrics(variant: str, wer: float, latency: float, size: float, measured_on: report.Inputs) -> dict:
     return {"variant": variant, "backend": "nemo-eager" if variant == "fp32" else "eager", "wer": wer, "cer": wer / 2,
             "latency_ms_median": latency, "latency_ms_p90": latency * 1.1, "speedup_vs_fp32": 150 / latency,
             "size_mb": size, "size_ratio_vs_fp32": size / 76, "int8_conv_fraction": 0.0 if variant == "fp32" else 1.0,
             "int8_mac_fraction": 0.0 if variant == "fp32" else 1.0,
-            "sets": {"clips": {"kind": "real"}}, "model": {"trained": True}}
+            "sets": {"clips": {"kind": "real"}}, "eval_sets": measured_on.eval_sets,
+            "model": {"source": "embedded", "trained": True, "nemo_sha256": measured_on.model_sha256}}
+
+
+def write_metrics(folder: Path, *metrics: dict) -> None:
+    folder.mkdir(exist_ok=True)
+    for m in metrics:
+        (folder / f"{m['variant']}.json").write_text(json.dumps(m))
 
 
 @pytest.fixture()
-def metrics_dir(tmp_path) -> Path:
+def metrics_dir(tmp_path, inputs) -> Path:
     folder = tmp_path / "metrics"
-    folder.mkdir()
-    for m in (fake_metrics("fp32", 0.10, 150.0, 76.0), fake_metrics("onednn", 0.11, 22.0, 20.0),
-              fake_metrics("qnnpack", 0.12, 450.0, 20.0)):
-        (folder / f"{m['variant']}.json").write_text(json.dumps(m))
-    (folder / "summary.json").write_text(json.dumps({"stale": True}))  # the report's own output: skipped
+    current = inputs["current"]
+    write_metrics(folder, fake_metrics("fp32", 0.10, 150.0, 76.0, current),
+                  fake_metrics("onednn", 0.11, 22.0, 20.0, current), fake_metrics("qnnpack", 0.12, 450.0, 20.0, current))
     return folder
 
 
-def test_pareto_front_drops_dominated_variants(metrics_dir):
-    rows = report.summary_rows(report.load_metrics(metrics_dir))
-    assert [r["variant"] for r in rows] == ["fp32", "onednn", "qnnpack"]
+def test_pareto_front_drops_dominated_variants(metrics_dir, inputs):
+    metrics, left_out = report.load_metrics(metrics_dir, ["qnnpack", "onednn"], inputs["current"])
+    rows = report.summary_rows(metrics)
+    assert [r["variant"] for r in rows] == ["fp32", "qnnpack", "onednn"] and left_out == []  # params.yaml order
     assert report.pareto_front(rows) == ["onednn", "fp32"]  # qnnpack: slower and worse than fp32
-    assert report.pareto_front([{**rows[0], "wer": None}, rows[1]]) == ["onednn"]
+    assert report.pareto_front([{**rows[0], "wer": None}, rows[2]]) == ["onednn"]
 
 
-def test_markdown_table_and_caption(metrics_dir):
-    metrics = report.load_metrics(metrics_dir)
+def test_rows_say_which_model_and_eval_sets(metrics_dir, inputs):
+    metrics, _ = report.load_metrics(metrics_dir, ["onednn", "qnnpack"], inputs["current"])
+    [set_hash] = [s["sha256"] for s in inputs["current"].eval_sets]
+    for row in report.summary_rows(metrics):
+        assert row["model"] == f"embedded ({inputs['current'].model_sha256[:12]})"
+        assert row["eval_sets"] == f"clips ({set_hash[:12]})"
     table = report.markdown_table(report.summary_rows(metrics)).splitlines()
-    assert table[0].startswith("| variant | backend | wer |") and len(table) == 5
-    assert "| onednn | eager | 0.11 |" in table[3] and "–" in table[2]  # fp32 has no wer_vs_fp32
+    assert table[0].startswith("| variant | backend | wer |") and table[0].endswith("| model | eval_sets |")
+    assert len(table) == 5 and "| onednn | eager | 0.11 |" in table[3] and "–" in table[2]  # fp32: no wer_vs_fp32
     assert report.caption(metrics) == "WER over real speech, batch-1 latency"
 
 
-def run_report(monkeypatch, *args: str) -> None:
-    monkeypatch.setattr(sys, "argv", ["report.py", *args])
-    runpy.run_path(str(ROOT / "stages/report.py"), run_name="__main__")
+def test_eval_set_hash_covers_the_audio(tmp_path, inputs):
+    other = write_prepared(tmp_path / "other", {"u1": b"one", "u2": b"TWO"})  # same manifest, other audio
+    [before] = provenance.eval_sets(PreparedData.load(inputs["prepared"]))
+    [after] = provenance.eval_sets(PreparedData.load(other))
+    assert before["name"] == after["name"] and before["sha256"] != after["sha256"]
+    (other / "clips" / "audio" / "u2.wav").unlink()
+    with pytest.raises(DataError, match=r"u2.wav is missing: rerun the prepare stage"):
+        report.Inputs.current(inputs["model"], other)
+    with pytest.raises(DataError, match=r"nope.nemo is missing: run dvc repro fetch-pretrained"):
+        report.Inputs.current(tmp_path / "nope.nemo", inputs["prepared"])
 
 
-def test_report_stage_writes_plot_points_and_table(metrics_dir, tmp_path, monkeypatch, capsys):
+def test_a_row_from_another_eval_set_or_model_is_an_error(tmp_path, metrics_dir, inputs):
+    other_sets = report.Inputs.current(inputs["model"], write_prepared(tmp_path / "p2", {"u1": b"new"}))
+    write_metrics(metrics_dir, fake_metrics("onednn", 0.11, 22.0, 20.0, other_sets))
+    with pytest.raises(DataError, match=r"onednn.json was measured on other contents of eval set clips: "
+                                        r"run dvc repro evaluate@onednn"):
+        report.load_metrics(metrics_dir, ["onednn"], inputs["current"])
+    renamed = report.Inputs(inputs["current"].model_sha256, [{"name": "test_other", "kind": "real", "sha256": "0" * 64}])
+    write_metrics(metrics_dir, fake_metrics("onednn", 0.11, 22.0, 20.0, renamed))
+    with pytest.raises(DataError, match=r"other eval sets \(test_other; now clips\)"):
+        report.load_metrics(metrics_dir, ["onednn"], inputs["current"])
+    other_model = report.Inputs("f" * 64, inputs["current"].eval_sets)
+    write_metrics(metrics_dir, fake_metrics("fp32", 0.10, 150.0, 76.0, other_model))
+    with pytest.raises(DataError, match=r"fp32.json was measured on another model \(model.nemo sha256 ffffffffffff"):
+        report.load_metrics(metrics_dir, [], inputs["current"])
+
+
+def test_a_file_without_provenance_is_an_error(metrics_dir, inputs):
+    old = fake_metrics("onednn", 0.11, 22.0, 20.0, inputs["current"])
+    del old["eval_sets"], old["model"]["nemo_sha256"]  # written before metrics recorded provenance
+    write_metrics(metrics_dir, old)
+    with pytest.raises(DataError, match="another model .*none recorded.* and other eval sets"):
+        report.load_metrics(metrics_dir, ["onednn"], inputs["current"])
+
+
+def run_report(monkeypatch, tmp_path, inputs, metrics_dir, variants: list[str]) -> Path:
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"variants": {v: {"backend": "eager"} for v in variants}}))
     plots = tmp_path / "plots"
+    monkeypatch.setattr(sys, "argv", [
+        "report.py", "--metrics", str(metrics_dir), "--params", str(params), "--model", str(inputs["model"]),
+        "--prepared", str(inputs["prepared"]), "--out-plot", str(plots / "pareto.png"),
+        "--out-table", str(tmp_path / "reports" / "summary.json"), "--out-points", str(plots / "pareto.json")])
+    runpy.run_path(str(ROOT / "stages/report.py"), run_name="__main__")
+    return plots
+
+
+def test_report_rows_are_the_params_variants(metrics_dir, inputs, tmp_path, monkeypatch, capsys):
+    # A variant removed from params.yaml, measured on other eval sets: its file stays but is not shown.
+    stale = report.Inputs(inputs["current"].model_sha256, [{"name": "old_set", "kind": "real", "sha256": "1" * 64}])
+    write_metrics(metrics_dir, fake_metrics("removed", 0.01, 1.0, 1.0, stale))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'm.db'}")
     monkeypatch.delenv("NEMO_PTQ_MLFLOW_EXPERIMENT", raising=False)
-    run_report(monkeypatch, "--metrics", str(metrics_dir), "--out-plot", str(plots / "pareto.png"),
-               "--out-table", str(metrics_dir / "summary.json"), "--out-points", str(plots / "pareto.json"))
+    monkeypatch.delenv("NEMO_PTQ_MLFLOW", raising=False)
+    plots = run_report(monkeypatch, tmp_path, inputs, metrics_dir, ["onednn", "qnnpack"])
     result = capsys.readouterr()
     assert (plots / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     points = json.loads((plots / "pareto.json").read_text())
+    assert [p["variant"] for p in points] == ["fp32", "onednn", "qnnpack"]
     assert points[1] == {"variant": "onednn", "latency_ms_median": 22.0, "wer": 0.11, "wer_pct": 11.0,
                          "size_mb": 20.0, "pareto": True}
-    summary = json.loads((metrics_dir / "summary.json").read_text())
-    assert set(summary["variants"]) == {"fp32", "onednn", "qnnpack"} and summary["pareto_front"] == ["onednn", "fp32"]
-    assert "| qnnpack |" in result.out and "Pareto front (latency vs WER): onednn, fp32" in result.out
-    assert "warning" not in result.err
+    summary = json.loads((tmp_path / "reports" / "summary.json").read_text())
+    assert list(summary["variants"]) == ["fp32", "onednn", "qnnpack"] and summary["pareto_front"] == ["onednn", "fp32"]
+    assert f"not shown (not a variant in {tmp_path / 'params.yaml'}): {metrics_dir / 'removed.json'}" in result.out
+    assert "| qnnpack |" in result.out and "| removed |" not in result.out and "old_set" not in result.out
+    assert "Pareto front (latency vs WER): onednn, fp32" in result.out and "warning" not in result.err
 
     import mlflow
 
@@ -78,13 +162,13 @@ def test_report_stage_writes_plot_points_and_table(metrics_dir, tmp_path, monkey
         "summary/pareto.png", "summary/summary.json", "summary/pareto.json"}
 
 
-def test_report_without_metrics_is_one_error_line(tmp_path, monkeypatch, capsys):
-    (tmp_path / "metrics").mkdir()
-    (tmp_path / "p.png").write_bytes(b"stale")
+def test_a_missing_variant_is_one_error_line_and_no_output(metrics_dir, inputs, tmp_path, monkeypatch, capsys):
+    (tmp_path / "plots").mkdir()
+    (tmp_path / "plots" / "pareto.png").write_bytes(b"stale")
     monkeypatch.setenv("NEMO_PTQ_MLFLOW", "off")
     with pytest.raises(SystemExit) as exit_info:
-        run_report(monkeypatch, "--metrics", str(tmp_path / "metrics"), "--out-plot", str(tmp_path / "p.png"),
-                   "--out-table", str(tmp_path / "s.json"), "--out-points", str(tmp_path / "p.json"))
+        run_report(monkeypatch, tmp_path, inputs, metrics_dir, ["onednn", "ort_int8"])
     assert exit_info.value.code == 1
-    assert capsys.readouterr().err.strip().startswith("error: no evaluate metrics")
-    assert not (tmp_path / "p.png").exists()
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: {metrics_dir / 'ort_int8.json'} is missing: run dvc repro evaluate@ort_int8"
+    assert not (tmp_path / "plots" / "pareto.png").exists()

@@ -1,40 +1,97 @@
-"""All variants side by side: a summary table, the latency/WER Pareto front and its plot.
+"""The variants of params.yaml side by side: a summary table, the latency/WER Pareto front and its plot.
 
-Reads only the metrics files that evaluate wrote (each has a "variant" key); the y axis is the
-pooled WER over every eval set (metrics key `wer`), the x axis the median batch-1 latency.
+Reads metrics/fp32.json and metrics/<variant>.json for exactly the variants in params.yaml; the
+y axis is the pooled WER over every eval set (metrics key `wer`), the x axis the median batch-1
+latency. Every row must have been measured on the model and eval sets that data/model and
+data/prepared hold now (see nemo_ptq.provenance): a requested row from elsewhere is an error, not
+a row left out, since a table silently missing a variant misleads as much as a mixed one.
+Metrics files of variants no longer in params.yaml are not shown, and the report says so.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+from nemo_ptq import provenance
+from nemo_ptq.data.prepared import PreparedData
 from nemo_ptq.errors import DataError
 
 FP32 = "fp32"
 COLUMNS = (
     "variant", "backend", "wer", "cer", "wer_vs_fp32", "latency_ms_median", "latency_ms_p90",
     "speedup_vs_fp32", "size_mb", "size_ratio_vs_fp32", "int8_conv_fraction", "int8_mac_fraction",
+    "model", "eval_sets",
 )
+SHORT = 12  # hex digits of a sha256 shown in rows
 
 
-def load_metrics(folder: Path, skip: tuple[Path, ...] = ()) -> list[dict]:
-    """Every evaluate metrics file in `folder`, FP32 first, then by name."""
-    skipped = {Path(p).resolve() for p in skip}
+@dataclass(frozen=True)
+class Inputs:
+    """What every row must have been measured on: the model file and the eval sets, by hash."""
+
+    model_sha256: str
+    eval_sets: list[dict]
+
+    @classmethod
+    def current(cls, model_file: Path, prepared_dir: Path) -> "Inputs":
+        return cls(provenance.model_sha256(model_file), provenance.eval_sets(PreparedData.load(prepared_dir)))
+
+
+def load_metrics(folder: Path, variants: Sequence[str], inputs: Inputs) -> tuple[list[dict], list[Path]]:
+    """FP32's and each variant's metrics, in that order, and the metrics files left out."""
+    folder = Path(folder)
+    names = [FP32, *variants]
     found = []
-    for path in sorted(Path(folder).glob("*.json")):
-        if path.resolve() in skipped:
-            continue
+    for name in names:
+        path = folder / f"{name}.json"
+        stage = "evaluate-fp32" if name == FP32 else f"evaluate@{name}"
+        if not path.is_file():
+            raise DataError(f"{path} is missing: run dvc repro {stage}")
         data = json.loads(path.read_text())
-        if isinstance(data, dict) and "variant" in data:
-            found.append(data)
-    if not found:
-        raise DataError(f"no evaluate metrics (*.json with a 'variant' key) in {folder}: run dvc repro evaluate first")
-    return sorted(found, key=lambda m: (m["variant"] != FP32, m["variant"]))
+        if not isinstance(data, dict) or data.get("variant") != name:
+            raise DataError(f"{path} is not the evaluate metrics of {name!r}: run dvc repro {stage}")
+        mismatch = _mismatch(data, inputs)
+        if mismatch:
+            raise DataError(f"{path} was measured on {mismatch}: run dvc repro {stage}")
+        found.append(data)
+    left_out = [p for p in sorted(folder.glob("*.json")) if p.stem not in names]
+    return found, left_out
+
+
+def _mismatch(metrics: dict, inputs: Inputs) -> str:
+    """'' if `metrics` was measured on `inputs`, else what differs, in words."""
+    differences = []
+    sha = (metrics.get("model") or {}).get("nemo_sha256")
+    if sha != inputs.model_sha256:
+        differences.append(f"another model (model.nemo sha256 {_short(sha)}, now {_short(inputs.model_sha256)})")
+    then = {s.get("name"): s.get("sha256") for s in metrics.get("eval_sets") or []}
+    now = {s["name"]: s["sha256"] for s in inputs.eval_sets}
+    if list(then) != list(now):
+        differences.append(f"other eval sets ({', '.join(map(str, then)) or 'none recorded'}; now {', '.join(now)})")
+    else:
+        changed = [name for name in now if then[name] != now[name]]
+        if changed:
+            differences.append(f"other contents of eval set {', '.join(changed)}")
+    return " and ".join(differences)
+
+
+def _short(sha: str | None) -> str:
+    return "none recorded" if not sha else sha[:SHORT]
 
 
 def summary_rows(metrics: list[dict]) -> list[dict]:
-    return [{column: m.get(column) for column in COLUMNS} for m in metrics]
+    """One row per metrics file; `model` and `eval_sets` say what it was measured on."""
+    return [
+        {
+            **{column: m.get(column) for column in COLUMNS},
+            "model": f"{m['model'].get('source')} ({_short(m['model'].get('nemo_sha256'))})",
+            "eval_sets": ", ".join(f"{s['name']} ({_short(s['sha256'])})" for s in m["eval_sets"]),
+        }
+        for m in metrics
+    ]
 
 
 def pareto_front(rows: list[dict]) -> list[str]:

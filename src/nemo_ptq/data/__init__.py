@@ -1,0 +1,1 @@
+"""Evaluation and calibration sets: sources, preparation, and the layout later stages read."""

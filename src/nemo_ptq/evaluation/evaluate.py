@@ -17,6 +17,8 @@ Metrics (metrics/<variant>.json), headline numbers at the top level:
                         share of the weight layers (conv, linear: the FP32 model's modules), by
                         count and by multiply-accumulates, that really run in INT8
 then `sets` and `kinds` (real / synthetic) with the accuracy numbers per group, and details.
+`model` (source, sha256 of the .nemo) and `eval_sets` (name, kind, sha256 of each prepared set)
+say what was measured; the report shows only files that match the current model and sets.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from nemo_ptq import provenance
 from nemo_ptq.backends.base import ArtifactInfo, Runner
 from nemo_ptq.data.prepared import PreparedData, PreparedSet
 from nemo_ptq.data.text import normalize_text
@@ -154,13 +157,15 @@ def evaluate(
         fp32_sizes={"fp32_nemo_bytes": nemo_bytes, "fp32_state_dict_bytes": state_dict_bytes(model)},
         info=info,
         card=card,
+        model_sha256=provenance.model_sha256(Path(model_dir) / MODEL_FILE),
+        eval_sets=provenance.eval_sets(prepared),
     )
     return Evaluation(metrics, transcripts)
 
 
 def build_metrics(*, variant: str, backend: str, scores: dict, timings: dict[str, list[float]],
                   params: EvaluateParams, size_bytes: int, fp32_sizes: dict, info: ArtifactInfo | None,
-                  card: Mapping[str, Any]) -> dict:
+                  card: Mapping[str, Any], model_sha256: str, eval_sets: list[dict]) -> dict:
     """Headline numbers at the top level (what `dvc metrics show/diff` compares), details below.
 
     `dvc metrics show` turns every nested number and string into a column but skips lists, so
@@ -203,7 +208,8 @@ def build_metrics(*, variant: str, backend: str, scores: dict, timings: dict[str
         "size": {"bytes": size_bytes, **fp32_sizes},
         "layers": [] if info is None else info.layers,  # by FP32 module path, with the backend's names
         "artifact_notes": "" if info is None else info.notes,
-        "model": {"source": card.get("source"), "trained": card.get("trained")},
+        "model": {"source": card.get("source"), "trained": card.get("trained"), "nemo_sha256": model_sha256},
+        "eval_sets": eval_sets,
         "system": system_info(),
     }
 

@@ -1,7 +1,8 @@
 """Latency: a fixed speech-like test signal, timing in alternating blocks, and robust summary statistics.
 
-Timing on a shared CPU drifts by ±15 % between runs (FACTS.md), so a variant is always timed in
-the same process as NeMo's FP32 eager model, in alternating blocks of runs, and reported as a median.
+Timing on a shared CPU drifts by ±15 % between runs (NeMo FP32 eager, measured on this project's
+2-core machines), so a variant is always timed in the same process as NeMo's FP32 eager model, in
+alternating blocks of runs, and reported as a median.
 """
 
 from __future__ import annotations

@@ -1,0 +1,1 @@
+"""NeMo models: loading, built-in architectures, the quantizable rewrite and ONNX export."""
