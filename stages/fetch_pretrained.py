@@ -1,6 +1,8 @@
 """fetch-pretrained: get the FP32 NeMo CTC model named by params.yaml `model.source`.
 
-Writes <out>/model.nemo and <out>/card.json (class, encoder, parameters, vocabulary, sample rate).
+Writes <out>/model.nemo and <out>/card.json (class, encoder, parameters, vocabulary, sample rate,
+sha256 of the checkpoint). A checkpoint whose sha256 differs from a pinned `model.sha256` is an
+error, found before the file is opened.
 """
 
 import argparse
@@ -22,13 +24,15 @@ def main() -> None:
 
     source = ModelSource.parse(config.source)
     with stage_outputs(args.out):
-        model = fetch(source)
-        card = describe(model, source)
+        model, sha256 = fetch(source, config.sha256)
+        card = describe(model, source, sha256)
         args.out.mkdir(parents=True)
         model.save_to(str(args.out / "model.nemo"))
         (args.out / "card.json").write_text(json.dumps(card.to_json(), indent=2) + "\n")
     print(f"{source}: {card.model_class} ({card.encoder}), {card.parameters / 1e6:.2f} M parameters, "
           f"{len(card.vocabulary)} tokens, {card.sample_rate} Hz")
+    if sha256 is not None:
+        print(f"sha256 {sha256}" + (" (pinned)" if config.sha256 else "; pin it with model.sha256 in params.yaml"))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,8 @@
 """Bad input to a stage: one `error:` line on stderr, exit status 1, no output left behind."""
 
+import hashlib
+import json
+import shutil
 import subprocess
 import sys
 
@@ -31,14 +34,16 @@ def write_params(tmp_path, **sections):
     return params
 
 
-@pytest.mark.parametrize("source, message", [
-    ("file:absent.nemo", "not found"),
-    ("file:corrupt.nemo", "not a valid .nemo archive"),
-    ("zip:model", "unknown model source 'zip:model'"),
+@pytest.mark.parametrize("model, message", [
+    ({"source": "file:absent.nemo", "checkpoint": "absent.nemo"}, "not found"),
+    ({"source": "file:corrupt.nemo", "checkpoint": "corrupt.nemo"}, "not a valid .nemo archive"),
+    ({"source": "file:corrupt.nemo"}, "name different files: set checkpoint to the same path"),
+    ({"source": "zip:model"}, "unknown model source 'zip:model'"),
+    ({"source": "arch:quartznet_tiny", "sha256": "0" * 64}, "no checkpoint file to pin: remove model.sha256"),
 ])
-def test_fetch_pretrained_bad_sources(tmp_path, source, message):
+def test_fetch_pretrained_bad_sources(tmp_path, model, message):
     (tmp_path / "corrupt.nemo").write_bytes(b"garbage" * 50)
-    params = write_params(tmp_path, model={"source": source})
+    params = write_params(tmp_path, model=model)
     out = tmp_path / "model"
     result = run_stage("fetch_pretrained.py", "--params", params, "--out", out, cwd=tmp_path)
     assert_clean_failure(result, message, out)
@@ -48,7 +53,25 @@ def test_fetch_pretrained_unknown_param_key(tmp_path):
     params = write_params(tmp_path, model={"source": "embedded", "revision": 2})
     out = tmp_path / "model"
     result = run_stage("fetch_pretrained.py", "--params", params, "--out", out, cwd=tmp_path)
-    assert_clean_failure(result, "model: unknown key(s) revision; valid keys: source", out)
+    assert_clean_failure(result, "model: unknown key(s) revision; valid keys: source, checkpoint, sha256", out)
+
+
+def test_fetch_pretrained_records_the_sha256_and_rejects_a_replaced_checkpoint(tmp_path, tiny_nemo):
+    checkpoint = tmp_path / "model.nemo"
+    shutil.copy(tiny_nemo, checkpoint)
+    sha256 = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    model = {"source": f"file:{checkpoint}", "checkpoint": str(checkpoint), "sha256": sha256}
+    out = tmp_path / "model"
+    result = run_stage("fetch_pretrained.py", "--params", write_params(tmp_path, model=model), "--out", out,
+                       cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert f"sha256 {sha256} (pinned)" in result.stdout
+    assert json.loads((out / "card.json").read_text())["sha256"] == sha256
+
+    with checkpoint.open("ab") as f:  # replaced by other bytes: the pin stops it, and out/ is gone
+        f.write(b"\0" * 1024)
+    result = run_stage("fetch_pretrained.py", "--params", tmp_path / "params.yaml", "--out", out, cwd=tmp_path)
+    assert_clean_failure(result, f"but model.sha256 pins {sha256}: restore the pinned file", out)
 
 
 @pytest.mark.parametrize("variant, message", [

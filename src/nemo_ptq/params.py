@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,13 +34,33 @@ def load_config(cls: type, section: str, path: Path = DEFAULT_PARAMS) -> Any:
     return parse_dataclass(cls, load_section(section, path), where=section)
 
 
+EMBEDDED_CHECKPOINT = "data/embedded/model.nemo"
+
+
 @dataclass(frozen=True)
 class ModelParams:
     source: str
+    # The local file that dvc.yaml names as a dependency of fetch-pretrained (${model.checkpoint}),
+    # so replacing it reruns the pipeline: a `file:` source must name the same file.
+    checkpoint: str = EMBEDDED_CHECKPOINT
+    sha256: str | None = None  # pinned sha256 of the checkpoint file; a mismatch is an error
 
     def __post_init__(self) -> None:
         if not isinstance(self.source, str) or not self.source.strip():
             raise ValueError("source must be a non-empty string such as 'embedded' or 'file:model.nemo'")
+        if not isinstance(self.checkpoint, str) or not self.checkpoint.strip():
+            raise ValueError(f"checkpoint must be a file path such as {EMBEDDED_CHECKPOINT}")
+        if self.checkpoint.startswith("~"):
+            raise ValueError(f"checkpoint {self.checkpoint!r}: DVC does not expand ~, write the full path")
+        kind, _, path = self.source.strip().partition(":")
+        if kind == "file" and Path(os.path.expanduser(path.strip())).resolve() != Path(self.checkpoint).resolve():
+            raise ValueError(
+                f"source {self.source!r} and checkpoint {self.checkpoint!r} name different files: set checkpoint "
+                "to the same path, so that DVC tracks the file and replacing it reruns the pipeline"
+            )
+        pinned = self.sha256
+        if pinned is not None and not (isinstance(pinned, str) and re.fullmatch(r"[0-9a-fA-F]{64}", pinned)):
+            raise ValueError(f"sha256 must be 64 hex digits (as sha256sum prints them) or null, got {self.sha256!r}")
 
 
 @dataclass(frozen=True)
