@@ -147,3 +147,18 @@ def test_model_card_shows_every_run_curve_point_and_lossy_source():
     assert "| vctk_p239 | 5 | 0.10 |  |" in text
     assert "≤ 60%: not met" in text and "≤ 20%: met" in text
     assert "`old.nemo` (sha256 `ab12`)" in text
+
+
+def test_progress_file_lists_the_runs_and_the_curve(tmp_path):
+    from nemo_ptq.training.export import write_progress
+    from nemo_ptq.training.train import train
+
+    feats = _tiny_features(tmp_path)
+    progress = train(_tiny_params(), feats, feats, tmp_path / "ckpt", minutes=0)
+    progress = train(_tiny_params(), feats, feats, tmp_path / "ckpt")
+    write_progress(progress, {"max_steps": 5}, tmp_path / "PROGRESS.md")
+    text = (tmp_path / "PROGRESS.md").read_text()
+    assert "Step 5 of 5" in text and "random initialization" in text
+    assert [line.split("|")[1].strip() for line in text.splitlines() if line.startswith("| ") and "thread" in line] \
+        == ["0", "1"]
+    assert sum(line.startswith(("| 2 |", "| 4 |", "| 5 |")) for line in text.splitlines()) == 3

@@ -135,6 +135,22 @@ def render_markdown(card: dict) -> str:
                             params=json.dumps(training["params"]))
 
 
+def write_progress(progress: dict, params: dict, path: Path) -> None:
+    """The campaign so far, next to its checkpoint: every run and the learning curve (committed each session)."""
+    init = progress.get("init_from") or {"path": "random initialization", "sha256": "-"}
+    best = progress.get("best_val_wer")
+    lines = [
+        "# Training progress of the embedded model (written by the recipe's train step)", "",
+        f"Step {progress['step']} of {params['max_steps']}, epoch {progress['epoch']}, {progress['minutes']:.0f} min "
+        f"of training; best validation WER {'-' if best is None else f'{best:.3f}'} at step "
+        f"{progress.get('best_step', '-')} (`best.ckpt`). Started from `{init['path']}` (sha256 `{init['sha256']}`).",
+        "", "| from step | minutes | audio hours | audio s/s | machine |", "|---|---|---|---|---|",
+        *_run_lines(progress["runs"]), "",
+        "| step | epoch | minutes | train loss | val WER |", "|---|---|---|---|---|", *_curve_lines(progress["curve"]),
+    ]
+    Path(path).write_text("\n".join(lines) + "\n")
+
+
 def write_model_card(params, reports: dict, model_path: Path, load_seconds: float, json_path: Path,
                      markdown_path: Path) -> dict:
     card = model_card(params, reports, model_path, load_seconds)

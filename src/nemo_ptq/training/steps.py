@@ -188,6 +188,9 @@ def train(params: RecipeParams, minutes: float | None = None) -> None:
         seed=params.train.seed))
     summary |= {"runs": progress["runs"], "curve": progress["curve"], "init_from": progress.get("init_from")}
     write_json(paths.reports / "train.json", summary)
+    from nemo_ptq.training.export import write_progress
+
+    write_progress(progress, vars(params.train), checkpoint_dir / "PROGRESS.md")
     print(json.dumps({k: v for k, v in summary.items() if k not in ("runs", "curve")}, indent=1))
 
 
