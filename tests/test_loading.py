@@ -112,7 +112,8 @@ def test_pinned_sha256_accepts_the_file_and_rejects_another_before_opening_it(ti
         raise AssertionError(f"{path} was opened before its hash was checked")
 
     monkeypatch.setattr(loading, "_restore", must_not_restore)
-    with pytest.raises(ModelSourceError, match=rf"other.nemo has sha256 [0-9a-f]{{64}}, but model.sha256 pins {pinned}"):
+    message = rf"other.nemo has sha256 [0-9a-f]{{64}}, but model.sha256 pins {pinned}"
+    with pytest.raises(ModelSourceError, match=message):
         fetch(ModelSource.parse(f"file:{other}"), pinned)
 
 

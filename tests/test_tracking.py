@@ -99,3 +99,59 @@ def test_run_from_an_experiment_copy_lands_in_the_main_store(repo, monkeypatch, 
     assert (repo / "mlartifacts").is_dir()
     with sqlite3.connect(repo / "mlflow.db") as db:
         assert db.execute("select name from experiments where name = 'nemo-ptq'").fetchone()
+
+
+def _log(root, variant, backend, options, **metrics):
+    metrics = {"variant": variant, "wer": 0.1, **metrics}
+    (root / f"{variant}.json").write_text(json.dumps(metrics))
+    (root / "tr").mkdir(exist_ok=True)
+    return tracking.log_evaluation(variant=variant, params={"variant": variant, "backend": backend, "options": options},
+                                   metrics=metrics, inputs=[root / f"{variant}.json"],
+                                   metrics_file=root / f"{variant}.json", transcripts_dir=root / "tr")
+
+
+def test_runs_name_their_calibration_and_the_experiment_opens_on_the_runs_table(repo, monkeypatch):
+    monkeypatch.chdir(repo)
+    for name in ("MLFLOW_TRACKING_URI", "DVC_ROOT", "NEMO_PTQ_MLFLOW_EXPERIMENT"):
+        monkeypatch.delenv(name, raising=False)
+    calibration = {"num_utterances": 4, "seed": 0, "observer": "histogram", "per_channel": True}
+    runs = [_log(repo, "fp32", "nemo-eager", {}),
+            _log(repo, "onednn", "eager", {"engine": "onednn", "calibration": calibration}),
+            _log(repo, "onednn", "eager", {"engine": "onednn", "calibration": dict(calibration, num_utterances=32)}),
+            _log(repo, "ort_fp32", "ort", {"precision": "fp32"})]
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    names = [client.get_run(run_id).info.run_name for run_id in runs]
+    assert names == ["fp32 | nemo-eager",
+                     "onednn | num_utterances=4 seed=0 observer=histogram per_channel=true | eager engine=onednn",
+                     "onednn | num_utterances=32 seed=0 observer=histogram per_channel=true | eager engine=onednn",
+                     "ort_fp32 | ort precision=fp32"]
+    tags = client.get_run(runs[2]).data.tags
+    assert (tags["backend"], tags["backend_options"]) == ("eager", "engine=onednn")
+    assert tags["calibration"] == "num_utterances=32 seed=0 observer=histogram per_channel=true"
+    assert client.get_run(runs[3]).data.tags["calibration"] == "none"
+
+    experiment = client.get_experiment_by_name("nemo-ptq")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    view = json.loads(experiment.tags["mlflow.sharedViewState.nemo-ptq"])
+    assert view["selectedColumns"][:2] == ["tags.`calibration`", "metrics.`wer_vs_fp32`"]
+    assert view["columnOrder"][:3] == ["attributes.`Run Name`", "runDateAndNestInfo", "tags.`calibration`"]
+    assert view["columnWidths"]["tags.`calibration`"] == 420
+    url = tracking.runs_view_url(experiment.experiment_id, "http://127.0.0.1:5000/")
+    assert url == (f"http://127.0.0.1:5000/#/experiments/{experiment.experiment_id}/runs"
+                   "?workflowType=machine_learning&viewStateShareKey=nemo-ptq")
+
+    # A kind chosen in the UI stays; the saved view follows the code.
+    client.set_experiment_tag(experiment.experiment_id, "mlflow.experimentKind", "genai_development")
+    client.set_experiment_tag(experiment.experiment_id, "mlflow.sharedViewState.nemo-ptq", "{}")
+    _log(repo, "x86", "eager", {"engine": "x86"})
+    tags = client.get_experiment(experiment.experiment_id).tags
+    assert tags["mlflow.experimentKind"] == "genai_development"
+    assert json.loads(tags["mlflow.sharedViewState.nemo-ptq"]) == tracking.runs_view()
+
+
+def test_view_columns_are_metrics_that_evaluate_writes():
+    metrics = json.loads((Path(__file__).resolve().parents[1] / "metrics" / "onednn.json").read_text())
+    shown = {name.partition(".")[2] for name in tracking.VIEW_COLUMNS if name.startswith("metrics.")}
+    assert len(shown) == 5 and shown <= set(tracking.numeric(tracking.flatten(metrics)))

@@ -8,6 +8,11 @@ in `<repo>/mlartifacts/`, where <repo> is the main repository. Queued experiment
 (`dvc exp run --queue`, also `--temp`) run in a copy under `<repo>/.dvc/tmp/exps/<tmpdir>/` that
 has its own `.dvc/` folder; DVC passes the main root as `DVC_ROOT`, and the path itself says so
 too, so their runs land in the same store as `dvc repro` runs.
+
+What `mlflow ui` shows: each run is named after its variant, calibration and backend settings
+(`run_name`), so a calibration sweep reads in the runs table as it is. The experiment is tagged
+as a model-training experiment and holds a saved runs-table view (metric columns included) that
+`runs_view_url` opens; `python -m nemo_ptq.tracking` prints that URL.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import hashlib
 import json
 import logging
 import os
+import argparse
 import subprocess
 import sys
 from collections.abc import Callable, Iterable, Mapping
@@ -30,6 +36,20 @@ DEFAULT_EXPERIMENT = "nemo-ptq"
 STORE_FILE = "mlflow.db"
 ARTIFACT_DIR = "mlartifacts"
 EXPERIMENT_COPY = (".dvc", "tmp", "exps")  # where DVC runs queued/temp experiments
+# MLflow 3 reads an experiment's type from this tag: "custom_model_development" is its
+# "Machine learning" kind (runs, not GenAI traces).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+# MLflow 3.17's UI ignores that tag when it picks the landing page and opens GenAI traces unless the URL
+# says workflowType=machine_learning; and its runs table starts without metric columns. A view stored
+# the way the UI's own "share view" stores one (an experiment tag) fixes the columns; both go in the URL.
+VIEW_KEY = "nemo-ptq"
+VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
+# Columns in this order, calibration first: a sweep's settings next to its fidelity (wer_vs_fp32).
+VIEW_COLUMNS = ("tags.calibration", "metrics.wer_vs_fp32", "metrics.wer", "metrics.latency_ms_median",
+                "metrics.speedup_vs_fp32", "metrics.size_ratio_vs_fp32", "tags.backend_options")
+VIEW_WIDTHS = {"attributes.Run Name": 150, "runDateAndNestInfo": 110, "tags.calibration": 420,
+               "metrics.wer_vs_fp32": 100, "metrics.wer": 80}  # pixels: wer_vs_fp32 in a 1600-pixel window
 
 
 def enabled(env: Mapping[str, str] = os.environ) -> bool:
@@ -132,8 +152,64 @@ def _mlflow():
         except mlflow.exceptions.MlflowException:
             if mlflow.get_experiment_by_name(name) is None:  # else a parallel queue worker created it
                 raise
-    mlflow.set_experiment(name)
+    experiment = mlflow.set_experiment(name)
+    _tag_experiment(mlflow, experiment)
     return mlflow
+
+
+def experiment_id() -> str:
+    """The id of this project's experiment in the store, created and tagged if no stage has logged yet."""
+    mlflow = _mlflow()
+    return mlflow.get_experiment_by_name(os.environ.get(EXPERIMENT_ENV) or DEFAULT_EXPERIMENT).experiment_id
+
+
+def runs_view() -> dict[str, Any]:
+    """The saved runs-table view, in the UI's own state keys and column ids ("metrics.`wer`")."""
+
+    def column(name: str) -> str:
+        kind, sep, key = name.partition(".")
+        return f"{kind}.`{key}`" if sep else name  # runDateAndNestInfo etc. are the UI's own columns
+
+    columns = [column(name) for name in VIEW_COLUMNS]
+    return {"selectedColumns": columns,
+            "columnOrder": [column("attributes.Run Name"), "runDateAndNestInfo", *columns, "duration"],
+            "columnWidths": {column(name): width for name, width in VIEW_WIDTHS.items()}}
+
+
+def _tag_experiment(mlflow: Any, experiment: Any) -> None:
+    tags = experiment.tags
+    if EXPERIMENT_KIND_TAG not in tags:  # a kind the user picked in the UI stays
+        mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    view = json.dumps(runs_view())
+    if tags.get(VIEW_TAG) != view:
+        mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, VIEW_TAG, view)
+
+
+def runs_view_url(experiment_id: str, server: str = "http://127.0.0.1:5000") -> str:
+    """The `mlflow ui` address that opens the experiment's runs table with the saved view."""
+    query = f"workflowType=machine_learning&viewStateShareKey={VIEW_KEY}"
+    return f"{server.rstrip('/')}/#/experiments/{experiment_id}/runs?{query}"
+
+
+def _settings(values: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """{"a": {"b": True}, "c": 2} -> ["a.b=true", "c=2"], in params.yaml order and spelling."""
+    items: list[str] = []
+    for key, value in values.items():
+        if isinstance(value, Mapping):
+            items += _settings(value, f"{prefix}{key}.")
+        else:
+            text = json.dumps(value) if isinstance(value, (bool, list)) or value is None else str(value)
+            items.append(f"{prefix}{key}={text}")
+    return items
+
+
+def run_labels(variant: str, backend: str, options: Mapping[str, Any]) -> dict[str, str]:
+    """The run name and the tags that say how a variant was calibrated and built. Calibration comes
+    right after the variant: in a sweep it is the part that differs, and the name column is narrow."""
+    calibration = " ".join(_settings(options.get("calibration") or {}))
+    others = " ".join(_settings({k: v for k, v in options.items() if k != "calibration"}))
+    name = " | ".join(part for part in (variant, calibration, f"{backend} {others}".strip()) if part)
+    return {"name": name, "calibration": calibration or "none", "backend_options": others or "none"}
 
 
 def _dvc_tags() -> dict[str, str]:
@@ -147,9 +223,13 @@ def log_evaluation(*, variant: str, params: Mapping[str, Any], metrics: Mapping[
     the stage fingerprint hashes it together with the input files."""
     mlflow = _mlflow()
     set_kinds = {name: item["kind"] for name, item in metrics.get("sets", {}).items()}
+    labels = run_labels(variant, str(params.get("backend", "")), params.get("options") or {})
     tags = {
         "stage": "evaluate",
         "variant": variant,
+        "backend": str(params.get("backend", "")),
+        "calibration": labels["calibration"],
+        "backend_options": labels["backend_options"],
         "git_commit": git_commit(),
         "stage_fingerprint": fingerprint(params, inputs),
         "set_kinds": ",".join(f"{name}={kind}" for name, kind in set_kinds.items()),
@@ -158,7 +238,7 @@ def log_evaluation(*, variant: str, params: Mapping[str, Any], metrics: Mapping[
         "cpu": str(metrics.get("system", {}).get("cpu")),
         **_dvc_tags(),
     }
-    with mlflow.start_run(run_name=f"evaluate-{variant}") as run:
+    with mlflow.start_run(run_name=labels["name"]) as run:
         mlflow.set_tags(tags)
         mlflow.log_params({key: str(value) for key, value in flatten(params).items()})
         mlflow.log_metrics(numeric(flatten(metrics)))
@@ -189,3 +269,14 @@ def log_safely(action: Callable[..., Any], **kwargs: Any) -> None:
             f"Set {SWITCH_ENV}=off to silence this.",
             file=sys.stderr,
         )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Print the `mlflow ui` address of this project's runs table.")
+    parser.add_argument("--server", default="http://127.0.0.1:5000", help="where `mlflow ui` listens")
+    args = parser.parse_args()
+    print(runs_view_url(experiment_id(), args.server))
+
+
+if __name__ == "__main__":
+    main()
