@@ -100,8 +100,10 @@ def test_pt2e_static_shapes(tmp_path, request, model):
     quantizer, log_probs, reference = _quantize_and_run(tmp_path, wrapped, card, entry)
     _check_output(log_probs, reference, card)
     info = quantizer.describe(tmp_path / "q")
-    # Every conv runs in INT8; some Linear layers stay float (Citrinet's squeeze-excitation, small MACs).
-    assert all(layer["precision"] == "int8" for layer in info.layers if layer["kind"] != "Linear")
+    # Citrinet: every conv in INT8, only the squeeze-excitation Linear layers float (small MACs).
+    # Conformer: some layers stay float (README), but over 90 % of the MACs run in INT8.
+    if model == "citrinet":
+        assert all(layer["precision"] == "int8" for layer in info.layers if layer["kind"] != "Linear")
     assert info.int8_weight_mac_fraction > 0.9
 
 
