@@ -96,9 +96,11 @@ def ctc_loss(model, features, lengths, targets, target_lengths, bf16: bool, augm
 
 @torch.inference_mode()
 def greedy_transcripts(model, feature_set: FeatureSet, batch_size: int, bf16: bool = False) -> list[str]:
-    """Greedy CTC decoding (collapse repeats, drop blanks) of every clip, in its own order."""
+    """Greedy CTC decoding of every clip (the evaluate stage's decoder), in the set's own order."""
+    from nemo_ptq.evaluation.decoding import CtcVocabulary
+
     model.eval()
-    blank = len(QUARTZNET_VOCABULARY)
+    vocabulary = CtcVocabulary(QUARTZNET_VOCABULARY, len(QUARTZNET_VOCABULARY), "char")
     order = sorted(range(len(feature_set)), key=lambda i: feature_set.features[i].shape[1])
     texts: dict[int, str] = {}
     for start in range(0, len(order), batch_size):
@@ -108,8 +110,7 @@ def greedy_transcripts(model, feature_set: FeatureSet, batch_size: int, bf16: bo
             encoded, encoded_lengths = model.encoder(audio_signal=features, length=lengths)
             best = model.decoder(encoder_output=encoded).argmax(-1)
         for row, index in enumerate(indices):
-            ids = torch.unique_consecutive(best[row, : int(encoded_lengths[row])]).tolist()
-            texts[index] = "".join(QUARTZNET_VOCABULARY[i] for i in ids if i != blank)
+            texts[index] = vocabulary.decode_ids(best[row, : int(encoded_lengths[row])].numpy())
     return [" ".join(texts[i].split()) for i in range(len(feature_set))]
 
 
