@@ -3,12 +3,12 @@
     python recipes/embedded/run.py [--params PHASE.yaml ...] [--steps STEP ...]
 
 Steps, in order: synthesize (Kokoro held-out + training clips), manifests (real speech, speed
-perturbation, held-out checks), train (NeMo + lightning, resumes from the last checkpoint),
+perturbation, held-out checks), train (cached features, resumes from the last checkpoint),
 evaluate (WER/CER per held-out set), export (.nemo and model card). Each step skips work that
 is already done, so rerunning after an interruption continues where it stopped.
 
-`--params` takes one file per training phase (default: the three phases, so the command without
-arguments reproduces the committed model). The files must agree on everything but `train:`; the
+`--params` takes one file per training phase (default: recipes/embedded/params.yaml, the one phase
+whose checkpoint folder is committed). The files must agree on everything but `train:`; the
 data steps run once, `train` once per phase in order, evaluate and export on the last phase.
 """
 
@@ -21,8 +21,9 @@ from pathlib import Path
 
 from nemo_ptq.cli import quiet_environment
 from nemo_ptq.errors import ConfigError, PipelineError
-from nemo_ptq.training import steps
-from nemo_ptq.training.params import load_recipe_params
+
+from embedded_recipe import steps
+from embedded_recipe.params import load_recipe_params
 
 PHASES = [Path("recipes/embedded/params.yaml")]
 PER_PHASE = {"train"}

@@ -11,13 +11,13 @@ import soundfile as sf
 
 from nemo_ptq.models.architectures import QUARTZNET_VOCABULARY, preprocessor_config
 
-EMBEDDED_MODEL = Path(__file__).resolve().parents[1] / "data" / "embedded" / "model.nemo"
+EMBEDDED_MODEL = Path(__file__).resolve().parents[3] / "data" / "embedded" / "model.nemo"
 
 
 def _tiny_features(folder: Path):
     from nemo.collections.asr.modules import AudioToMelSpectrogramPreprocessor
 
-    from nemo_ptq.training.features import load_or_compute
+    from embedded_recipe.features import load_or_compute
 
     rng = np.random.default_rng(0)
     rows = []
@@ -30,7 +30,7 @@ def _tiny_features(folder: Path):
 
 
 def _tiny_params(**changes):
-    from nemo_ptq.training.params import TrainParams
+    from embedded_recipe.params import TrainParams
 
     settings = dict(architecture="quartznet_tiny", max_steps=5, val_every_steps=2, max_duration_s=2.0,
                     batch_seconds=2.0, precision="fp32", warmup_steps=2)
@@ -44,7 +44,7 @@ def test_feature_cache_is_reused_and_redone_when_a_clip_changes(tmp_path):
     assert _tiny_features(tmp_path).texts == first.texts
     assert (tmp_path / "features.pt").stat().st_mtime_ns == stamp
     sf.write(tmp_path / "clip0.wav", np.zeros(8000, np.float32), 16000)  # same rows: the cache key is the manifest
-    from nemo_ptq.training import features
+    from embedded_recipe import features
 
     rows = [{"audio_filepath": str(tmp_path / f"clip{i}.wav"), "duration": 1.0, "text": t}
             for i, t in enumerate(["hello world", "don't stop", "one more changed"])]
@@ -55,7 +55,7 @@ def test_resumed_training_matches_an_unbroken_run(tmp_path):
     """Stopping after every step and resuming gives the weights of one uninterrupted run."""
     import torch
 
-    from nemo_ptq.training.train import LAST_CHECKPOINT, train
+    from embedded_recipe.train import LAST_CHECKPOINT, train
 
     feats = _tiny_features(tmp_path)
     unbroken = train(_tiny_params(), feats, feats, tmp_path / "unbroken")
@@ -74,8 +74,8 @@ def test_training_starts_from_given_weights_and_exports(tmp_path):
     import torch
     from nemo.collections.asr.models import EncDecCTCModel
 
-    from nemo_ptq.training.export import export_model
-    from nemo_ptq.training.train import BEST_CHECKPOINT, LAST_CHECKPOINT, initial_weights, load_checkpoint, train
+    from embedded_recipe.export import export_model
+    from embedded_recipe.train import BEST_CHECKPOINT, LAST_CHECKPOINT, initial_weights, load_checkpoint, train
 
     feats = _tiny_features(tmp_path)
     train(_tiny_params(max_steps=2), feats, feats, tmp_path / "first")
@@ -107,7 +107,7 @@ def test_embedded_model_restores_offline_with_quartznet_settings():
 
 
 def test_active_clock_leaves_out_a_pause(monkeypatch):
-    from nemo_ptq.training import train as training
+    from embedded_recipe import train as training
 
     now = [0.0]
     monkeypatch.setattr(training.time, "monotonic", lambda: now[0])
@@ -120,7 +120,7 @@ def test_active_clock_leaves_out_a_pause(monkeypatch):
 
 
 def test_model_card_shows_every_run_curve_point_and_lossy_source():
-    from nemo_ptq.training.export import render_markdown
+    from embedded_recipe.export import render_markdown
 
     run = {"start_step": 0, "minutes": 60.0, "audio_hours": 45.0, "cpu": "AMD EPYC", "threads": 2, "bf16": True}
     curve = [{"step": s, "epoch": s / 1000, "minutes": s / 60, "train_loss": 100.0 - s / 100, "val_wer": 0.9 - s / 1e4}
@@ -150,8 +150,8 @@ def test_model_card_shows_every_run_curve_point_and_lossy_source():
 
 
 def test_progress_file_lists_the_runs_and_the_curve(tmp_path):
-    from nemo_ptq.training.export import write_progress
-    from nemo_ptq.training.train import train
+    from embedded_recipe.export import write_progress
+    from embedded_recipe.train import train
 
     feats = _tiny_features(tmp_path)
     progress = train(_tiny_params(), feats, feats, tmp_path / "ckpt", minutes=0)

@@ -17,7 +17,8 @@ import torch
 from tqdm import tqdm
 
 from nemo_ptq.models.architectures import QUARTZNET_VOCABULARY
-from nemo_ptq.training.audio import read_16k
+
+from embedded_recipe.audio import read_16k
 
 _CHAR_IDS = {char: index for index, char in enumerate(QUARTZNET_VOCABULARY)}
 CACHE_FORMAT = 1

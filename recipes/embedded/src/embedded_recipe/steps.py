@@ -7,13 +7,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nemo_ptq.errors import DataError
-from nemo_ptq.training import espeak, kokoro, plans
-from nemo_ptq.training.assemble import perturbed_copies, split_validation, within_duration
-from nemo_ptq.training.heldout import HeldOut, assert_no_leaks, without_held_out
-from nemo_ptq.training.manifests import normalized, read_manifest, total_hours, write_manifest
-from nemo_ptq.training.params import ManifestSource, RecipeParams
-from nemo_ptq.training.synthesis import Utterance, synthesize_all
-from nemo_ptq.training.text import normalize_text, read_librispeech_transcripts, read_sentence_file
+
+from embedded_recipe import espeak, kokoro, plans
+from embedded_recipe.assemble import perturbed_copies, split_validation, within_duration
+from embedded_recipe.heldout import HeldOut, assert_no_leaks, without_held_out
+from embedded_recipe.manifests import normalized, read_manifest, total_hours, write_manifest
+from embedded_recipe.params import ManifestSource, RecipeParams
+from embedded_recipe.synthesis import Utterance, synthesize_all
+from embedded_recipe.text import normalize_text, read_librispeech_transcripts, read_sentence_file
 
 
 @dataclass(frozen=True)
@@ -161,7 +162,8 @@ def feature_sets(params: RecipeParams, names: tuple[str, ...] = ("train", "val")
     from nemo.collections.asr.modules import AudioToMelSpectrogramPreprocessor
 
     from nemo_ptq.models.architectures import preprocessor_config
-    from nemo_ptq.training.features import load_or_compute
+
+    from embedded_recipe.features import load_or_compute
 
     paths = WorkPaths(params.work_path)
     cfg = {k: v for k, v in preprocessor_config().items() if k != "_target_"}
@@ -172,7 +174,7 @@ def feature_sets(params: RecipeParams, names: tuple[str, ...] = ("train", "val")
 
 
 def train(params: RecipeParams, minutes: float | None = None) -> None:
-    from nemo_ptq.training import train as training
+    from embedded_recipe import train as training
 
     paths = WorkPaths(params.work_path)
     sets = feature_sets(params)
@@ -188,15 +190,15 @@ def train(params: RecipeParams, minutes: float | None = None) -> None:
         seed=params.train.seed))
     summary |= {"runs": progress["runs"], "curve": progress["curve"], "init_from": progress.get("init_from")}
     write_json(paths.reports / "train.json", summary)
-    from nemo_ptq.training.export import write_progress
+    from embedded_recipe.export import write_progress
 
     write_progress(progress, vars(params.train), checkpoint_dir / "PROGRESS.md")
     print(json.dumps({k: v for k, v in summary.items() if k not in ("runs", "curve")}, indent=1))
 
 
 def evaluate(params: RecipeParams) -> None:
-    from nemo_ptq.training.evaluation import evaluate_manifest
-    from nemo_ptq.training.train import load_checkpoint
+    from embedded_recipe.evaluation import evaluate_manifest
+    from embedded_recipe.train import load_checkpoint
 
     paths = WorkPaths(params.work_path)
     checkpoint = Path(json.loads((paths.reports / "train.json").read_text())["best_checkpoint"])
@@ -209,8 +211,8 @@ def evaluate(params: RecipeParams) -> None:
 
 
 def export(params: RecipeParams) -> None:
-    from nemo_ptq.training.export import export_model, restore_seconds, write_model_card
-    from nemo_ptq.training.train import load_checkpoint
+    from embedded_recipe.export import export_model, restore_seconds, write_model_card
+    from embedded_recipe.train import load_checkpoint
 
     paths = WorkPaths(params.work_path)
     reports = {name: json.loads((paths.reports / f"{name}.json").read_text()) for name in ("data", "train", "eval")}

@@ -7,7 +7,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from nemo_ptq.data import manifest as data_manifest
-from nemo_ptq.training.text import normalize_text
+
+from embedded_recipe.text import normalize_text
 
 
 def read_manifest(path: Path, include_prefix: str = "") -> list[dict]:

@@ -7,9 +7,9 @@ later adds to the pipeline's eval/calibration lists are removed when the trainin
 
 from __future__ import annotations
 
-from nemo_ptq.training.params import EspeakParams, HeldOutParams, KokoroParams
-from nemo_ptq.training.synthesis import Utterance, plan_utterances
-from nemo_ptq.training.text import sample_sentences
+from embedded_recipe.params import EspeakParams, HeldOutParams, KokoroParams
+from embedded_recipe.synthesis import Utterance, plan_utterances
+from embedded_recipe.text import sample_sentences
 
 
 def heldout_plan(transcripts: list[str], params: KokoroParams, heldout: HeldOutParams,

@@ -12,9 +12,10 @@ import numpy as np
 from tqdm import tqdm
 
 from nemo_ptq.errors import DataError
-from nemo_ptq.training.audio import peak_normalize, to_16k, write_wav
-from nemo_ptq.training.manifests import append_row
-from nemo_ptq.training.text import as_tts_input
+
+from embedded_recipe.audio import peak_normalize, to_16k, write_wav
+from embedded_recipe.manifests import append_row
+from embedded_recipe.text import as_tts_input
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nemo_ptq.errors import DataError
-from nemo_ptq.training.text import normalize_text
+
+from embedded_recipe.text import normalize_text
 
 
 @dataclass(frozen=True)

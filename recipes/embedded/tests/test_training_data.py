@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import math
-
 import json
+import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-from nemo_ptq.training.batching import DurationBatchSampler
-from nemo_ptq.training.heldout import HeldOut, assert_no_leaks, leaks, without_held_out
-from nemo_ptq.training.train import lr_factor
-from nemo_ptq.training.text import normalize_text, sample_sentences
+from embedded_recipe.batching import DurationBatchSampler
+from embedded_recipe.heldout import HeldOut, assert_no_leaks, leaks, without_held_out
+from embedded_recipe.text import normalize_text, sample_sentences
+from embedded_recipe.train import lr_factor
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[3]  # recipes/embedded/tests -> the repository
 
 
 def test_normalize_text_keeps_apostrophes_and_splits_hyphens():
@@ -90,8 +89,8 @@ def test_build_manifests_keeps_every_held_out_group_out_of_training(tmp_path):
     """End to end on tiny files: no held-out voice, text or recording reaches train or val."""
     import yaml
 
-    from nemo_ptq.training import steps
-    from nemo_ptq.training.params import load_recipe_params
+    from embedded_recipe import steps
+    from embedded_recipe.params import load_recipe_params
 
     work = tmp_path / "work"
     real = _write_clips(tmp_path / "real", ["Real speech one", "real speech two", "the eval sentence"])
@@ -136,8 +135,8 @@ SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 @pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="needs the shared speech data (../shared/data)")
 def test_synthesis_plans_keep_held_out_voices_and_texts_apart(tmp_path, monkeypatch):
     """With the real transcripts: no training clip uses a held-out voice or reads an evaluation text."""
-    from nemo_ptq.training import steps
-    from nemo_ptq.training.params import load_recipe_params
+    from embedded_recipe import steps
+    from embedded_recipe.params import load_recipe_params
 
     monkeypatch.chdir(REPO_ROOT)
     params = load_recipe_params(Path("recipes/embedded/params.yaml"))
@@ -170,7 +169,7 @@ def _recipe_driver():
 
 def test_committed_recipe_resumes_from_the_committed_checkpoint(monkeypatch):
     """The one-command recipe trains one phase whose checkpoint folder is in git, so a session resumes it."""
-    from nemo_ptq.training.params import load_recipe_params
+    from embedded_recipe.params import load_recipe_params
 
     monkeypatch.chdir(REPO_ROOT)
     run = _recipe_driver()
@@ -183,7 +182,8 @@ def test_phases_that_disagree_on_data_are_refused(tmp_path, monkeypatch):
     import yaml
 
     from nemo_ptq.errors import ConfigError
-    from nemo_ptq.training.params import load_recipe_params
+
+    from embedded_recipe.params import load_recipe_params
 
     monkeypatch.chdir(REPO_ROOT)
     raw = yaml.safe_load((REPO_ROOT / "recipes/embedded/params.yaml").read_text())

@@ -8,7 +8,7 @@ from pathlib import Path
 import soundfile as sf
 from tqdm import tqdm
 
-from nemo_ptq.training.audio import read_16k, speed_perturb, write_wav
+from embedded_recipe.audio import read_16k, speed_perturb, write_wav
 
 
 def perturbed_copies(rows: list[dict], factors: list[float], out_dir: Path) -> list[dict]:

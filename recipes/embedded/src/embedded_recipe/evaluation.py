@@ -7,8 +7,8 @@ from pathlib import Path
 
 import jiwer
 
-from nemo_ptq.training.manifests import read_manifest
-from nemo_ptq.training.text import normalize_text
+from embedded_recipe.manifests import read_manifest
+from embedded_recipe.text import normalize_text
 
 
 def error_rates(references: list[str], hypotheses: list[str]) -> dict:

@@ -23,9 +23,10 @@ from tqdm import tqdm
 
 from nemo_ptq.evaluation.sysinfo import cpu_info, has_native_bf16
 from nemo_ptq.models.architectures import QUARTZNET_VOCABULARY, quartznet_config
-from nemo_ptq.training.batching import DurationBatchSampler
-from nemo_ptq.training.features import FeatureSet, collate
-from nemo_ptq.training.params import TrainParams
+
+from embedded_recipe.batching import DurationBatchSampler
+from embedded_recipe.features import FeatureSet, collate
+from embedded_recipe.params import TrainParams
 
 LAST_CHECKPOINT = "last.ckpt"
 BEST_CHECKPOINT = "best.ckpt"
@@ -115,7 +116,7 @@ def greedy_transcripts(model, feature_set: FeatureSet, batch_size: int, bf16: bo
 
 
 def validation_wer(model, feature_set: FeatureSet, batch_size: int, bf16: bool) -> float:
-    from nemo_ptq.training.evaluation import error_rates
+    from embedded_recipe.evaluation import error_rates
 
     return error_rates(feature_set.texts, greedy_transcripts(model, feature_set, batch_size, bf16))["wer"]
 

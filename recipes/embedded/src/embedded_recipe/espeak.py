@@ -10,7 +10,8 @@ import numpy as np
 import soundfile as sf
 
 from nemo_ptq.errors import DataError
-from nemo_ptq.training.synthesis import Utterance
+
+from embedded_recipe.synthesis import Utterance
 
 ESPEAK_WORDS_PER_MINUTE = 175  # espeak-ng's default rate; Utterance.speed scales it
 
