@@ -28,7 +28,7 @@ install_python_packages() {
   [ -x .venv/bin/python ] || "$python" -m venv .venv
   local stamp=.venv/.requirements.sha256
   local want
-  want=$(cat requirements.lock pyproject.toml | sha256sum | cut -d' ' -f1)
+  want=$(cat requirements.lock pyproject.toml recipes/embedded/pyproject.toml | sha256sum | cut -d' ' -f1)
   if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
     return
   fi
@@ -36,7 +36,8 @@ install_python_packages() {
   .venv/bin/python -m pip install -q --upgrade pip
   # torch first and pinned: a bare `torch` requirement could resolve to a multi-GB CUDA build.
   .venv/bin/python -m pip install -q torch==2.13.0
-  .venv/bin/python -m pip install -q -c requirements.lock -e ".[test]"
+  # The product, and the recipe that trains its embedded model (its own package, recipes/embedded).
+  .venv/bin/python -m pip install -q -c requirements.lock -e ".[test]" -e recipes/embedded
   echo "$want" > "$stamp"
 }
 
