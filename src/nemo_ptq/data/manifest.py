@@ -4,7 +4,8 @@ NeMo's own `read_manifest` reports bad lines only through its logger and raises 
 RuntimeError without the line number, and checks neither keys nor audio files; this reader names
 the file and line of every problem so the user can fix it. The `duration` field is only
 type-checked: the prepare step measures the real duration from the audio. The training recipe
-reads its manifests with it too (`nemo_ptq.training.manifests`), keeping each row's other keys.
+(recipes/embedded, `embedded_recipe.manifests`) reads its manifests with it too, keeping each row's
+other keys.
 """
 
 from __future__ import annotations
