@@ -6,6 +6,7 @@ project is the judge of what DVC really marks.
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import os
 import shutil
@@ -34,6 +35,22 @@ def test_dvc_yaml_lists_the_generated_source_deps():
 
 def source_files(root: Path) -> list[str]:
     return sorted(p.relative_to(root).as_posix() for folder in ("src", "stages") for p in (root / folder).rglob("*.py"))
+
+
+def test_the_product_imports_nothing_from_the_training_recipe():
+    """The recipe (recipes/embedded, `embedded_recipe`) builds on the product, never the reverse: a
+    stage that imported it would run files that its deps (src/ and stages/) do not list."""
+    found = []
+    for name in source_files(REPO_ROOT):
+        for node in ast.walk(ast.parse((REPO_ROOT / name).read_text())):
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                modules = [node.module or ""]
+            else:
+                continue
+            found += [f"{name}:{node.lineno}" for m in modules if m.split(".")[0] == "embedded_recipe"]
+    assert not found, f"the product imports the recipe at {', '.join(found)}"
 
 
 @pytest.fixture(scope="module")
