@@ -27,7 +27,7 @@ import torch
 
 from nemo_ptq.cli import quiet_environment
 from nemo_ptq.evaluation.latency import time_in_blocks
-from nemo_ptq.evaluation.sysinfo import cpu_info
+from nemo_ptq import cpu as cpus
 
 VARIANTS = {
     "Eager INT8 onednn (histogram)": {"backend": "eager", "engine": "onednn"},
@@ -145,10 +145,10 @@ def main() -> None:
                      "samples_ms": [round(t, 2) for t in samples]})
     rows += [{"variant": label, **info} for label, info in infos.items() if "failed" in info]
     nemo_ms = rows[0]["median_ms"]
-    cpu = cpu_info()
+    cpu = cpus.detect()
     print(f"\n{args.arch}, {args.frames} frames, {args.threads} threads, {len(next(iter(times.values())))} runs in "
           f"{args.rounds} rounds, {args.warmup} warm-up runs each and one untimed run per block, "
-          f"{cpu['model']} ({' '.join(cpu['isa'])}), "
+          f"{cpu.model} ({cpu.profile}: {' '.join(cpu.isa)}), "
           f"FP32 weights {fp32_bytes / 1e6:.1f} MB\n")
     print("| variant | median ms | IQR ms | vs NeMo FP32 | INT8 weight layers | INT8 weight MACs | size MB | × FP32 size |")
     print("|---|---|---|---|---|---|---|---|")

@@ -20,6 +20,7 @@ as NeMo's Conv1d and as a Conv2d with a 1 x K kernel (the form that PT2E inferen
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import time
@@ -28,7 +29,7 @@ from pathlib import Path
 import torch
 
 from nemo_ptq.cli import quiet_environment
-from nemo_ptq.evaluation.sysinfo import cpu_info, has_native_bf16
+from nemo_ptq import cpu as cpus
 
 VARIANTS = {
     "audio (NeMo front end per batch), fp32": {"features": False, "bf16": False, "mask": True},
@@ -129,10 +130,10 @@ def main() -> None:
         print(f"depthwise convs of {args.arch}, batch {args.batch}, {int(args.seconds * 50)} frames after stride 2")
         result = depthwise_forms(args.arch, args.batch, int(args.seconds * 50), args.rounds * args.steps)
         if args.out:
-            args.out.write_text(json.dumps({"cpu": cpu_info(), "threads": args.threads, "ms": result}, indent=2) + "\n")
+            args.out.write_text(json.dumps({"cpu": dataclasses.asdict(cpus.detect()), "threads": args.threads, "ms": result}, indent=2) + "\n")
         return
     variants = {name: v for name, v in VARIANTS.items() if not args.only or any(s in name for s in args.only)}
-    if not has_native_bf16():
+    if not cpus.detect().native_bf16:
         print("this CPU has no native bf16 (AVX512_BF16/AMX): bf16 autocast is emulated and slow")
     models = {name: build(args.arch, v["mask"]) for name, v in variants.items()}
     batches = make_batches(args.steps, args.batch, args.seconds)
@@ -153,8 +154,8 @@ def main() -> None:
                     times[name].append(batch["seconds"] / (time.perf_counter() - started))
     base = statistics.median(next(iter(times.values())))
     result = {"arch": args.arch, "threads": args.threads, "batch": args.batch, "longest_clip_s": args.seconds,
-              "cpu": cpu_info(), "torch": torch.__version__, "audio_seconds_per_second": {}}
-    print(f"{args.arch}, {args.threads} threads, batches of {args.batch} x <= {args.seconds} s, {cpu_info()['model']}")
+              "cpu": dataclasses.asdict(cpus.detect()), "torch": torch.__version__, "audio_seconds_per_second": {}}
+    print(f"{args.arch}, {args.threads} threads, batches of {args.batch} x <= {args.seconds} s, {cpus.detect().model}")
     for name, values in times.items():
         median = statistics.median(values)
         result["audio_seconds_per_second"][name] = {"median": round(median, 1), "min": round(min(values), 1),

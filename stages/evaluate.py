@@ -67,7 +67,7 @@ def main() -> None:
         "options": {k: v for k, v in (entry or {}).items() if k != "backend"},
         "evaluate": asdict(params),
     }
-    manifests = [args.prepared / name / "manifest.jsonl" for name in result.metrics["sets"]]
+    manifests = [args.prepared / name / "manifest.jsonl" for name in result.metrics.get("sets", {})]
     inputs = [args.model, args.prepared / "summary.json", *manifests, *([args.artifact] if args.artifact else [])]
     tracking.log_safely(
         tracking.log_evaluation,

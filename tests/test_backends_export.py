@@ -224,7 +224,7 @@ def test_pt2e_needs_a_compiler(tmp_path, tiny_fused, monkeypatch):
 
 @pytest.mark.parametrize("entry, message", [
     ({"backend": "ort", "precision": "int4"}, "choose one of: int8, fp32"),
-    ({"backend": "ort", "preset": "avx9"}, "choose one of: avx512_vnni, avx2, ort_defaults"),
+    ({"backend": "ort", "preset": "avx9"}, "choose one of: auto, avx512_vnni, avx2, ort_defaults"),
     ({"backend": "ort", "activation_type": "u16"}, "choose one of: u8, s8"),
     ({"backend": "ort", "calibration": {"method": "mse"}}, "choose one of: minmax, entropy, percentile"),
     ({"backend": "ort", "calibration": {"percentile": 10}}, r"percentile must be in \(50, 100\]"),
@@ -239,3 +239,49 @@ def test_pt2e_needs_a_compiler(tmp_path, tiny_fused, monkeypatch):
 def test_config_errors_name_the_valid_choices(entry, message):
     with pytest.raises(ConfigError, match=message):
         get_backend("v", entry, CARD)
+
+
+@pytest.mark.parametrize("profile, preset, reduce_range", [
+    ("amx", "avx512_vnni", False), ("avx512_bf16", "avx512_vnni", False), ("vnni", "avx512_vnni", False),
+    ("arm_dotprod", "avx512_vnni", False), ("avx2", "avx2", True), ("generic", "avx2", True),
+])
+def test_ort_auto_preset_fits_the_cpu_and_is_recorded(monkeypatch, profile, preset, reduce_range):
+    """Full 8-bit ranges only where u8*s8 products cannot saturate; variant.json names the preset taken."""
+    from nemo_ptq import cpu
+
+    monkeypatch.setattr(cpu, "detect", lambda: cpu.Cpu(model="Test CPU", profile=profile, isa=[]))
+    backend = get_backend("v", {"backend": "ort"}, CARD)
+    assert (backend.config.preset, backend.config.reduce_range) == (preset, reduce_range)
+    assert backend.config_payload()["preset"] == preset
+    explicit = get_backend("v", {"backend": "ort", "preset": "avx512_vnni", "reduce_range": True}, CARD)
+    assert (explicit.config.preset, explicit.config.reduce_range) == ("avx512_vnni", True)  # fields override
+
+
+@pytest.mark.parametrize("entry, profile, skipped", [
+    ({"precision": "fp32", "inference_precision": "bf16"}, "avx2", True),
+    ({"precision": "fp32", "inference_precision": "bf16"}, "vnni", True),
+    ({"precision": "fp32", "inference_precision": "bf16"}, "avx512_bf16", False),
+    ({"precision": "fp32", "inference_precision": "bf16"}, "amx", False),
+    ({"precision": "fp32", "inference_precision": "plugin_default"}, "avx2", False),  # the plugin picks f32 there
+    ({"precision": "int8", "inference_precision": "f32"}, "avx2", False),
+])
+def test_ov_bf16_is_skipped_where_the_cpu_emulates_bf16(entry, profile, skipped):
+    from nemo_ptq import cpu
+
+    reason = get_backend("v", {"backend": "ov", **entry}, CARD).skip_reason(
+        cpu.Cpu(model="Test CPU", profile=profile, isa=[]))
+    assert bool(reason) == skipped
+    if skipped:
+        assert f"this CPU ({profile}) would emulate it" in reason and "\n" not in reason
+
+
+
+@pytest.mark.parametrize("profile, reduce_range", [("avx512_bf16", False), ("vnni", False), ("avx2", True)])
+def test_pt2e_reduce_range_auto_fits_the_cpu(monkeypatch, profile, reduce_range):
+    from nemo_ptq import cpu
+
+    monkeypatch.setattr(cpu, "detect", lambda: cpu.Cpu(model="Test CPU", profile=profile, isa=[]))
+    assert get_backend("v", {"backend": "pt2e"}, CARD).config.reduce_range is reduce_range
+    assert get_backend("v", {"backend": "pt2e", "reduce_range": False}, CARD).config.reduce_range is False
+    with pytest.raises(ConfigError, match="reduce_range must be true, false or auto"):
+        get_backend("v", {"backend": "pt2e", "reduce_range": 1}, CARD)

@@ -52,6 +52,7 @@ def test_every_encoder_conv_is_int8_after_convert(tmp_path, tiny_fused, engine, 
         (_entry("fbgem"), "unknown engine 'fbgem'; choose one of: onednn, x86, fbgemm, qnnpack"),
         (_entry("onednn", observer="kl"), "unknown observer 'kl'; choose one of: minmax"),
         (_entry("qnnpack", reduce_range=True), "qnnpack uses full-range activations"),
+        (_entry("onednn", reduce_range="yes"), "reduce_range must be true, false or auto, got 'yes'"),
         ({**_entry("onednn"), "bits": 4}, "unknown key\\(s\\) bits; valid keys: engine, calibration"),
         ({"backend": "tensorrt"}, "unknown backend 'tensorrt'; choose one of: eager"),
         ({"engine": "onednn"}, "needs a 'backend' key"),
@@ -60,6 +61,22 @@ def test_every_encoder_conv_is_int8_after_convert(tmp_path, tiny_fused, engine, 
 def test_invalid_configs_name_the_valid_choices(entry, message):
     with pytest.raises(ConfigError, match=message):
         get_backend("v", entry)
+
+
+@pytest.mark.parametrize("profile, int8_dot", [("avx512_bf16", True), ("vnni", True), ("arm_dotprod", True),
+                                              ("avx2", False), ("generic", False)])
+@pytest.mark.parametrize("engine", ENGINES)
+def test_reduce_range_auto_takes_7_bits_where_products_saturate(monkeypatch, profile, int8_dot, engine):
+    """The x86 engines' u8*s8 kernels saturate without an int8 dot product; qnnpack's never do."""
+    from nemo_ptq import cpu
+
+    monkeypatch.setattr(cpu, "detect", lambda: cpu.Cpu(model="Test CPU", profile=profile, isa=[]))
+    backend = get_backend("v", _entry(engine, reduce_range="auto"))
+    expected = False if engine == "qnnpack" else not int8_dot
+    assert backend.config.calibration.reduce_range is expected
+    assert backend.config_payload()["calibration"]["reduce_range"] is expected  # variant.json: the value taken
+    default = {"backend": "eager", "engine": engine}
+    assert get_backend("v", default).config.calibration.reduce_range is expected
 
 
 def test_int8_artifact_is_at_most_027_of_the_nemo_checkpoint(tmp_path):

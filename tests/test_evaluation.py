@@ -9,7 +9,6 @@ from nemo_ptq.errors import DataError
 from nemo_ptq.evaluation.decoding import CtcVocabulary
 from nemo_ptq.evaluation.latency import latency_stats, speech_like_signal, time_in_blocks
 from nemo_ptq.evaluation.scoring import score_sets
-from nemo_ptq.evaluation.sysinfo import cpu_info
 from nemo_ptq.evaluation.transcripts import Transcript
 from nemo_ptq.evaluation.wer import cer, char_errors, wer, word_errors
 
@@ -125,13 +124,6 @@ def test_speech_like_signal_is_fixed_and_bounded():
     a, b = speech_like_signal(1.5, 16000), speech_like_signal(1.5, 16000)
     assert a.shape == (24000,) and a.dtype == np.float32
     assert np.array_equal(a, b) and 0 < np.abs(a).max() <= 0.5
-
-
-def test_cpu_info_reads_isa_flags(tmp_path):
-    cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text("processor\t: 0\nmodel name\t: Test CPU 9000\nflags\t\t: fpu avx2 avx512f avx512_vnni amx_tile\n"
-                       "processor\t: 1\nmodel name\t: Other\n")
-    assert cpu_info(cpuinfo) == {"model": "Test CPU 9000", "isa": ["avx2", "avx512f", "avx512_vnni", "amx_tile"]}
 
 
 @pytest.mark.parametrize("values, message", [

@@ -68,6 +68,7 @@ def workspace(tmp_path_factory) -> Path:
 @dataclass(frozen=True)
 class FakeConfig:
     noise: float = 0.0
+    needs_native_bf16: bool = False
 
 
 class FakeBackend(Backend):
@@ -79,6 +80,9 @@ class FakeBackend(Backend):
 
     def calibration_sample(self):
         return None
+
+    def skip_reason(self, found):
+        return "needs native bf16" if self.config.needs_native_bf16 and not found.native_bf16 else None
 
     def observe(self, fused, features, payload):
         raise NotImplementedError
@@ -152,7 +156,7 @@ def test_evaluate_fp32_and_a_variant(workspace, monkeypatch, tmp_path):
     nemo_sha = hashlib.sha256((workspace / "data/model/model.nemo").read_bytes()).hexdigest()
     assert fp32["model"]["nemo_sha256"] == fake["model"]["nemo_sha256"] == nemo_sha  # what the report checks
     assert [s["name"] for s in fake["eval_sets"]] == list(SETS) and fake["eval_sets"] == fp32["eval_sets"]
-    assert set(fp32["system"]) == {"cpu", "logical_cpus", "isa", "versions"}
+    assert set(fp32["system"]) == {"cpu", "isa_profile", "logical_cpus", "isa", "versions"}
     assert any(v.startswith("torch==") for v in fp32["system"]["versions"])
     rows = [json.loads(line) for line in (workspace / "data/evaluation/fake8/clips.jsonl").read_text().splitlines()]
     assert [r["id"] for r in rows] == ["u0", "u1"] and rows[0]["reference"] == "hello world 0"
@@ -168,6 +172,43 @@ def test_evaluate_fp32_and_a_variant(workspace, monkeypatch, tmp_path):
     assert run.data.tags["set_kinds"] == "clips=real,tts=synthetic" and len(run.data.tags["stage_fingerprint"]) == 64
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "transcripts")}
     assert artifacts == {"transcripts/clips.jsonl", "transcripts/tts.jsonl"}
+
+
+@pytest.mark.parametrize("profile, skipped", [("avx2", True), ("avx512_bf16", False)])
+def test_a_variant_the_cpu_would_emulate_is_skipped_with_its_reason(workspace, monkeypatch, tmp_path, profile,
+                                                                    skipped):
+    from nemo_ptq import cpu
+
+    monkeypatch.setitem(base._REGISTRY, "fake", FakeBackend)
+    monkeypatch.setattr(cpu, "detect", lambda: cpu.Cpu(model="Test CPU", profile=profile, isa=[]))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("NEMO_PTQ_MLFLOW_EXPERIMENT", "test-skip")
+    params = tmp_path / "params.yaml"
+    params.write_text("evaluate: {threads: 1, latency_audio_s: 1.0, warmup_runs: 1, timed_runs: 3}\n"
+                      "variants:\n  fake_bf16: {backend: fake, needs_native_bf16: true}\n")
+    common = ["--model", "data/model", "--prepared", "data/prepared", "--params", str(params)]
+    run_stage_in_process(workspace, monkeypatch, "--variant", "fp32", *common,
+                         "--out-metrics", "metrics/fp32.json", "--out-transcripts", "data/evaluation/fp32")
+    out = tmp_path / "fake_bf16"
+    run_stage_in_process(workspace, monkeypatch, "--variant", "fake_bf16", *common,
+                         "--artifact", "data/quantized/fake8", "--fp32-transcripts", "data/evaluation/fp32",
+                         "--out-metrics", str(out / "metrics.json"), "--out-transcripts", str(out / "transcripts"))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["system"]["isa_profile"] == profile
+    if skipped:
+        assert metrics["skipped"] == "needs native bf16" and "wer" not in metrics and "latency_ms_median" not in metrics
+        assert list((out / "transcripts").iterdir()) == []
+        fp32 = json.loads((workspace / "metrics/fp32.json").read_text())
+        assert metrics["model"] == fp32["model"] and metrics["eval_sets"] == fp32["eval_sets"]  # a valid report row
+    else:
+        assert "skipped" not in metrics and metrics["wer"] >= 0 and metrics["latency_ms_median"] > 0
+
+    import mlflow
+
+    [run] = [r for r in mlflow.search_runs(experiment_names=["test-skip"], output_format="list")
+             if r.data.tags["variant"] == "fake_bf16"]
+    assert run.data.tags.get("skipped") == ("needs native bf16" if skipped else None)
+    assert run.data.tags["isa_profile"] == profile
 
 
 def test_bad_input_is_one_error_line_and_no_output(workspace, monkeypatch, capsys, tmp_path):

@@ -44,8 +44,8 @@ def inputs(tmp_path) -> dict:
 def fake_metrics(variant: str, wer: float, latency: float, size: float, measured_on: report.Inputs) -> dict:
     return {"variant": variant, "backend": "nemo-eager" if variant == "fp32" else "eager", "wer": wer, "cer": wer / 2,
             "latency_ms_median": latency, "latency_ms_p90": latency * 1.1, "speedup_vs_fp32": 150 / latency,
-            "size_mb": size, "size_ratio_vs_fp32": size / 76, "int8_conv_fraction": 0.0 if variant == "fp32" else 1.0,
-            "int8_mac_fraction": 0.0 if variant == "fp32" else 1.0,
+            "size_mb": size, "size_ratio_vs_fp32": size / 76, "int8_weight_layer_fraction": 0.0 if variant == "fp32" else 1.0,
+            "int8_weight_mac_fraction": 0.0 if variant == "fp32" else 1.0,
             "sets": {"clips": {"kind": "real"}}, "eval_sets": measured_on.eval_sets,
             "model": {"source": "embedded", "trained": True, "nemo_sha256": measured_on.model_sha256}}
 
@@ -80,9 +80,38 @@ def test_rows_say_which_model_and_eval_sets(metrics_dir, inputs):
         assert row["model"] == f"embedded ({inputs['current'].model_sha256[:12]})"
         assert row["eval_sets"] == f"clips ({set_hash[:12]})"
     table = report.markdown_table(report.summary_rows(metrics)).splitlines()
-    assert table[0].startswith("| variant | backend | wer |") and table[0].endswith("| model | eval_sets |")
+    assert table[0].startswith("| variant | backend | wer |") and table[0].endswith("| model | eval_sets | skipped |")
     assert len(table) == 5 and "| onednn | eager | 0.11 |" in table[3] and "–" in table[2]  # fp32: no wer_vs_fp32
     assert report.caption(metrics) == "WER over real speech, batch-1 latency"
+
+
+def test_columns_are_what_evaluate_writes():
+    """Every figure column is a headline key of the evaluate stage's real metrics (not a stale name)."""
+    from nemo_ptq.evaluation.evaluate import build_metrics
+    from nemo_ptq.params import EvaluateParams
+
+    overall = {"wer": 0.1, "cer": 0.05, "wer_vs_fp32": 0.01, "utterances": 2, "hours": 0.001}
+    metrics = build_metrics(
+        variant="onednn", backend="eager", scores={"overall": overall, "sets": {}, "kinds": {}},
+        timings={"onednn": [0.01, 0.012], "fp32": [0.05, 0.06]}, params=EvaluateParams(), size_bytes=10,
+        fp32_sizes={"fp32_nemo_bytes": 40, "fp32_state_dict_bytes": 38}, info=None, card={"source": "embedded"},
+        model_sha256="0" * 64, eval_sets=[])
+    figures = [column for column in report.COLUMNS if column not in ("model", "eval_sets", "skipped")]
+    assert [column for column in figures if column not in metrics] == []
+
+
+def test_a_skipped_variant_is_a_row_with_its_reason(metrics_dir, inputs):
+    current = inputs["current"]
+    reason = "inference_precision bf16 needs AVX512_BF16 or AMX; this CPU (avx2) would emulate it, slower than f32"
+    write_metrics(metrics_dir, {"variant": "ov_bf16", "backend": "ov", "skipped": reason,
+                                "eval_sets": current.eval_sets,
+                                "model": {"source": "embedded", "trained": True, "nemo_sha256": current.model_sha256}})
+    metrics, _ = report.load_metrics(metrics_dir, ["onednn", "ov_bf16"], current)
+    rows = report.summary_rows(metrics)
+    assert rows[2]["skipped"] == reason and rows[2]["wer"] is None and rows[1]["skipped"] is None
+    assert report.pareto_front(rows) == ["onednn", "fp32"]
+    assert [p["variant"] for p in report.plot_points(rows, []) if p["wer_pct"] is not None] == ["fp32", "onednn"]
+    assert reason in report.markdown_table(rows)
 
 
 def test_eval_set_hash_covers_the_audio(tmp_path, inputs):

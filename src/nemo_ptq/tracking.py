@@ -236,6 +236,8 @@ def log_evaluation(*, variant: str, params: Mapping[str, Any], metrics: Mapping[
         "speech_kinds": ",".join(sorted(set(set_kinds.values()))),
         "model_trained": str(metrics.get("model", {}).get("trained")),
         "cpu": str(metrics.get("system", {}).get("cpu")),
+        "isa_profile": str(metrics.get("system", {}).get("isa_profile")),
+        **({"skipped": str(metrics["skipped"])} if metrics.get("skipped") else {}),
         **_dvc_tags(),
     }
     with mlflow.start_run(run_name=labels["name"]) as run:

@@ -44,6 +44,7 @@ from typing import Any, ClassVar, Protocol
 import numpy as np
 
 from nemo_ptq.backends.calibration import CalibrationSample
+from nemo_ptq.cpu import Cpu
 from nemo_ptq.config import parse_dataclass
 from nemo_ptq.errors import CalibrationError, ConfigError
 
@@ -113,6 +114,11 @@ class Backend(ABC):
     def calibration_sample(self) -> CalibrationSample | None:
         """The variant's `CalibrationSample`, or None when it is calibrated on nothing."""
         return self.config.calibration
+
+    def skip_reason(self, found: Cpu) -> str | None:
+        """Why evaluating this variant on this CPU would mislead (None: evaluate it), e.g. a
+        bf16 variant where bf16 is emulated: it would be timed as a baseline that no one deploys."""
+        return None
 
     # ---- the backend's part -----------------------------------------------------------------
 

@@ -1,7 +1,9 @@
 """PyTorch eager-mode static quantization (torch.ao.quantization) on the fused QuartzNet rewrite.
 
 The engine decides which kernels run the INT8 convs: on AVX-512 VNNI CPUs `onednn` is fast,
-while `x86`/`fbgemm` are very slow on depthwise Conv1d and `qnnpack` targets ARM. The artifact is
+while `x86`/`fbgemm` are very slow on depthwise Conv1d and `qnnpack` targets ARM. Without VNNI
+(plain AVX2) the x86 engines saturate on full 8-bit ranges, so `reduce_range: auto` (the default)
+takes 7-bit activations there. The artifact is
 the quantized state dict plus the rewrite's spec (smaller than TorchScript, whose per-module
 packed parameters add about 4 %); loading rebuilds the quantized module from the spec. The CTC
 decoder (1x1 conv, under 1 % of the MACs) stays float, so the logits are not rounded to 8 bits.
@@ -9,6 +11,7 @@ decoder (1x1 conv, under 1 % of the MACs) stays float, so the logits are not rou
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import warnings
@@ -22,6 +25,7 @@ import torch
 from torch import nn
 from torch.ao import quantization as tq
 
+from nemo_ptq import cpu
 from nemo_ptq.backends.base import ArtifactInfo, Backend, register, torch_threads
 from nemo_ptq.backends.calibration import CalibrationSample
 from nemo_ptq.config import check_choices, check_flags
@@ -41,12 +45,15 @@ MODEL = "model.int8.pt"
 class EagerCalibration(CalibrationSample):
     observer: str = "histogram"  # activation observer: minmax | moving_average_minmax | histogram
     per_channel: bool = True  # weights: per output channel (symmetric) or per tensor
-    reduce_range: bool = False  # 7-bit activations, for CPUs without VNNI (overflow safety)
+    # 7-bit activations: needed where u8*s8 products saturate (x86 without VNNI); auto decides by
+    # the CPU (`nemo_ptq.cpu`), for every engine but qnnpack, whose kernels never saturate.
+    reduce_range: bool | str = cpu.AUTO
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_choices(self, {"observer": OBSERVERS})
-        check_flags(self, ("per_channel", "reduce_range"))
+        check_flags(self, ("per_channel",))
+        cpu.check_reduce_range(self.reduce_range)
 
 
 @dataclass(frozen=True)
@@ -56,6 +63,9 @@ class EagerConfig:
 
     def __post_init__(self) -> None:
         check_choices(self, {"engine": ENGINES})
+        if self.calibration.reduce_range == cpu.AUTO:
+            reduce = False if self.engine == "qnnpack" else cpu.resolve_reduce_range(cpu.AUTO)
+            object.__setattr__(self, "calibration", dataclasses.replace(self.calibration, reduce_range=reduce))
         if self.engine == "qnnpack" and self.calibration.reduce_range:
             raise ValueError("qnnpack uses full-range activations; set calibration.reduce_range: false")
 

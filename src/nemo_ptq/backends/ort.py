@@ -7,8 +7,10 @@ quantize:  export again (deterministic, same tensor names), apply THOSE ranges t
 deployable folder: model.onnx (sherpa-onnx's NeMo CTC signature and metadata_props), tokens.txt.
 
 Presets are named by the CPU they suit: `avx512_vnni` (U8 activations, S8 per-channel weights,
-the fast path on VNNI), `avx2` (same with 7-bit ranges, against u8*s8 overflow without VNNI),
-and `ort_defaults` (exactly `quantize_static`'s default arguments: S8/S8 per-tensor, no
+full 8-bit ranges: for CPUs with an int8 dot product, VNNI, AMX or ARM's dot product), `avx2`
+(same with 7-bit ranges, against the 16-bit saturation of u8*s8 products without one), `auto`
+(the default: whichever of the two fits the CPU that runs the stage, `nemo_ptq.cpu`; variant.json
+and the metrics record the one taken), and `ort_defaults` (exactly `quantize_static`'s default arguments: S8/S8 per-tensor, no
 pre-processing, every op type ORT can quantize) as the peer baseline. Fields set in params
 override the preset. The ISA presets quantize weight layers, adds and ReLUs only, keep products of
 two activations (attention scores) in float, and run the last weight layer (the CTC logits) in
@@ -28,6 +30,7 @@ import numpy as np
 import onnx
 from torch import nn
 
+from nemo_ptq import cpu
 from nemo_ptq.backends.base import ArtifactInfo, Backend, register
 from nemo_ptq.backends.calibration import CalibrationSample
 from nemo_ptq.config import check_choices, check_flags
@@ -49,6 +52,7 @@ PRESETS = {
                      "preprocess": False, "op_types_to_quantize": [],  # []: every op ORT can quantize
                      "float_logits": False},
 }
+AUTO = "auto"
 WEIGHT_LAYER_OPS = {"Conv", "MatMul", "Gemm"}
 MODEL = "model.onnx"
 TOKENS = "tokens.txt"
@@ -72,7 +76,7 @@ class OrtCalibration(CalibrationSample):
 @dataclass(frozen=True)
 class OrtConfig:
     precision: str = "int8"  # int8 | fp32 (fp32: the exported model as is, no calibration)
-    preset: str = "avx512_vnni"  # avx512_vnni | avx2 | ort_defaults; the fields below override it
+    preset: str = AUTO  # auto | avx512_vnni | avx2 | ort_defaults; the fields below override it
     activation_type: str | None = None  # u8 | s8
     weight_type: str | None = None  # u8 | s8
     per_channel: bool | None = None
@@ -86,7 +90,9 @@ class OrtConfig:
     calibration: OrtCalibration = field(default_factory=OrtCalibration)
 
     def __post_init__(self) -> None:
-        check_choices(self, {"precision": PRECISIONS, "preset": PRESETS})
+        check_choices(self, {"precision": PRECISIONS, "preset": [AUTO, *PRESETS]})
+        if self.preset == AUTO:
+            object.__setattr__(self, "preset", preset_for(cpu.detect()))
         for key, value in PRESETS[self.preset].items():
             if getattr(self, key) is None:
                 object.__setattr__(self, key, value)
@@ -202,6 +208,11 @@ class OrtBackend(Backend):
             notes=f"onnxruntime CPU, {self.config.precision}, preset {self.config.preset}; precisions read from "
                   "ORT's optimized graph (QLinearConv = int8)",
         )
+
+
+def preset_for(found: cpu.Cpu) -> str:
+    """The ISA preset that is exact and fast on this CPU: full 8-bit ranges need an int8 dot product."""
+    return "avx512_vnni" if found.int8_dot else "avx2"
 
 
 class _Reader:

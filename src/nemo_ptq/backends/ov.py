@@ -24,6 +24,7 @@ import numpy as np
 import onnx
 from torch import nn
 
+from nemo_ptq import cpu
 from nemo_ptq.backends.base import ArtifactInfo, Backend, register
 from nemo_ptq.backends.calibration import CalibrationSample
 from nemo_ptq.config import check_choices
@@ -60,6 +61,12 @@ class OvBackend(Backend):
 
     def calibration_sample(self) -> CalibrationSample | None:
         return self.config.calibration if self.config.precision == "int8" else None
+
+    def skip_reason(self, found: cpu.Cpu) -> str | None:
+        if self.config.inference_precision == "bf16" and not found.native_bf16:
+            return (f"inference_precision bf16 needs AVX512_BF16 or AMX; this CPU ({found.profile}) would emulate "
+                    "it, slower than f32")
+        return None
 
     def observe(self, fp32: nn.Module, features: Iterable[np.ndarray], payload: Path) -> None:
         with payload.open("wb") as out:  # np.savez would append .npz to a name without it

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from nemo_ptq import cpu
 from nemo_ptq.backends.base import ArtifactInfo, Backend, register, torch_threads
 from nemo_ptq.backends.calibration import CalibrationSample
 from nemo_ptq.config import check_choices, check_flags
@@ -48,7 +49,7 @@ ARCHIVE_ALIGNMENT = 64  # bytes, as torch.export.save aligns tensor records
 @dataclass(frozen=True)
 class Pt2eConfig:
     # X86InductorQuantizer's static config: HistogramObserver activations (u8), per-channel s8 weights.
-    reduce_range: bool = False  # 7-bit activations, for CPUs without VNNI
+    reduce_range: bool | str = cpu.AUTO  # 7-bit activations; auto: where u8*s8 saturates (no VNNI)
     conv2d_form: bool = True  # run Conv1d as Conv2d(1 x K): the only form Inductor lowers to INT8
     # buckets: pad to a multiple of bucket_frames, one graph per bucket (QuartzNet/Jasper only).
     # per_length: one graph per input length (each new length compiles again, seconds each); the
@@ -59,7 +60,8 @@ class Pt2eConfig:
     calibration: CalibrationSample = field(default_factory=CalibrationSample)
 
     def __post_init__(self) -> None:
-        check_flags(self, ("reduce_range", "conv2d_form"))
+        object.__setattr__(self, "reduce_range", cpu.resolve_reduce_range(self.reduce_range))
+        check_flags(self, ("conv2d_form",))
         check_choices(self, {"shapes": SHAPES})
         if isinstance(self.bucket_frames, bool) or not isinstance(self.bucket_frames, int) or self.bucket_frames < 1:
             raise ValueError(f"bucket_frames must be a positive number of feature frames, got {self.bucket_frames!r}")

@@ -17,6 +17,8 @@ Metrics (metrics/<variant>.json), headline numbers at the top level:
                         share of the weight layers (conv, linear: the FP32 model's modules), by
                         count and by multiply-accumulates, that really run in INT8
 then `sets` and `kinds` (real / synthetic) with the accuracy numbers per group, and details.
+A variant that would mislead on this CPU (the backend's `skip_reason`, e.g. bf16 where the CPU
+emulates it) is not run: its metrics hold `skipped` (the reason, one line) and no figures.
 `model` (source, sha256 of the .nemo) and `eval_sets` (name, kind, sha256 of each prepared set)
 say what was measured; the report shows only files that match the current model and sets.
 """
@@ -32,7 +34,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from nemo_ptq import provenance
+from nemo_ptq import cpu, provenance
 from nemo_ptq.backends.base import ArtifactInfo, Runner
 from nemo_ptq.data.prepared import PreparedData, PreparedSet
 from nemo_ptq.data.text import normalize_text
@@ -79,6 +81,27 @@ def load_variant(variant: str, entry: Mapping[str, Any], card: Mapping[str, Any]
         raise DataError(f"{artifact_dir} is missing: run dvc repro quantize@{variant} first")
     backend = get_backend(variant, entry, card)
     return backend.load(Path(artifact_dir), threads), backend.describe(Path(artifact_dir))
+
+
+def skip_reason(variant: str, entry: Mapping[str, Any], card: Mapping[str, Any]) -> str:
+    """Why this variant is not measured on this CPU ('' when it is), e.g. emulated bf16."""
+    from nemo_ptq.backends import get_backend
+
+    return get_backend(variant, entry, card).skip_reason(cpu.detect()) or ""
+
+
+def skipped_metrics(variant: str, entry: Mapping[str, Any], reason: str, card: Mapping[str, Any], model_dir: Path,
+                    prepared: PreparedData) -> dict:
+    """A metrics file that says why there are no figures; the report shows the reason in its row."""
+    return {
+        "variant": variant,
+        "backend": str(entry["backend"]),
+        "skipped": reason,
+        "model": {"source": card.get("source"), "trained": card.get("trained"),
+                  "nemo_sha256": provenance.model_sha256(Path(model_dir) / MODEL_FILE)},
+        "eval_sets": provenance.eval_sets(prepared),
+        "system": system_info(),
+    }
 
 
 def transcribe(runner: Runner, vocabulary: CtcVocabulary, sets: Sequence[PreparedSet], feature_dim: int,
@@ -128,6 +151,11 @@ def evaluate(
             f"{prepared.root} has {prepared.feature_dim}-dim features but the model expects {card['feature_dim']}: "
             "rerun dvc repro prepare"
         )
+    if entry is not None:
+        reason = skip_reason(variant, entry, card)
+        if reason:
+            print(f"skipped {variant}: {reason}", file=sys.stderr)
+            return Evaluation(skipped_metrics(variant, entry, reason, card, model_dir, prepared), {})
     model = load_fp32(model_dir)
     fp32_runner = NemoEagerRunner(model)
     if entry is None:

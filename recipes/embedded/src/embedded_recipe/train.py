@@ -21,7 +21,7 @@ import torch
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from nemo_ptq.evaluation.sysinfo import cpu_info, has_native_bf16
+from nemo_ptq import cpu as cpus
 from nemo_ptq.models.architectures import QUARTZNET_VOCABULARY, quartznet_config
 
 from embedded_recipe.batching import DurationBatchSampler
@@ -35,7 +35,7 @@ FRAMES_PER_SECOND = 100  # 10 ms feature stride
 
 def use_bf16(precision: str) -> bool:
     """`auto` takes bf16 autocast only where the CPU computes bf16 natively (emulated bf16 is slower)."""
-    return precision == "bf16" or (precision == "auto" and has_native_bf16())
+    return precision == "bf16" or (precision == "auto" and cpus.detect().native_bf16)
 
 
 def lr_factor(step: int, *, max_steps: int, warmup_steps: int, min_ratio: float) -> float:
@@ -179,8 +179,8 @@ def save_atomically(state: dict, path: Path) -> None:
 
 
 def run_description(params: TrainParams, bf16: bool) -> dict:
-    cpu = cpu_info()
-    return {"cpu": cpu["model"], "isa": cpu["isa"], "threads": params.threads, "bf16": bf16,
+    cpu = cpus.detect()
+    return {"cpu": cpu.model, "isa": cpu.isa, "threads": params.threads, "bf16": bf16,
             "torch": torch.__version__}
 
 
