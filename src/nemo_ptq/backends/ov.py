@@ -64,8 +64,8 @@ class OvBackend(Backend):
 
     def skip_reason(self, found: cpu.Cpu) -> str | None:
         if self.config.inference_precision == "bf16" and not found.native_bf16:
-            return (f"inference_precision bf16 needs AVX512_BF16 or AMX; this CPU ({found.profile}) would emulate "
-                    "it, slower than f32")
+            return (f"inference_precision bf16 needs AVX512_BF16 or AMX; on this CPU ({found.profile}) the plugin "
+                    "emulates bf16 or runs f32, so the figures would not be bf16's")
         return None
 
     def observe(self, fp32: nn.Module, features: Iterable[np.ndarray], payload: Path) -> None:
