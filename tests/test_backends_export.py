@@ -59,10 +59,13 @@ CASES = {
     "ort_int8": ({"backend": "ort", "calibration": CALIBRATION}, "all but logits"),
     "ort_int8_entropy": ({"backend": "ort", "calibration": {**CALIBRATION, "method": "entropy"}}, "all but logits"),
     "ort_fp32": ({"backend": "ort", "precision": "fp32"}, "none"),
+    # sherpa-onnx's recipe: quantize_dynamic with u8 weights; ConvInteger writes int32, so float logits
+    "ort_dynamic_u8": ({"backend": "ort", "precision": "dynamic", "preset": "ort_defaults", "weight_type": "u8"},
+                       "all"),
     "pt2e_dynamic": ({"backend": "pt2e", "shapes": "dynamic", "calibration": CALIBRATION}, "all"),
     "ov_fp32": ({"backend": "ov", "precision": "fp32", "inference_precision": "f32"}, "none"),
 }
-TESTED = ("ort_int8_entropy", "ort_fp32", "pt2e_dynamic", "ov_fp32")  # ort_int8 is the template's
+TESTED = ("ort_int8_entropy", "ort_fp32", "ort_dynamic_u8", "pt2e_dynamic", "ov_fp32")  # ort_int8 is the template's
 
 
 @pytest.mark.parametrize("case", TESTED)
@@ -174,10 +177,12 @@ def test_pt2e_buckets_pad_and_mask_to_the_per_length_result(tmp_path, tiny_fused
     """A length that is not a multiple of the bucket is zero-padded and masked: the valid frames
     match the graph compiled for exactly that length, and only those frames come back."""
     features = _features(1, 333, seed=3)[0][None]
-    bucketed, artifact = _build(tmp_path / "b", tiny_fused, {"backend": "pt2e", "bucket_frames": 128,
-                                                             "calibration": CALIBRATION})
-    exact, exact_artifact = _build(tmp_path / "e", tiny_fused, {"backend": "pt2e", "shapes": "per_length",
-                                                                "calibration": CALIBRATION})
+    # Full ranges on every CPU: with reduce_range (auto's choice on AVX2) the two graphs' kernels
+    # round differently (up to 0.004 in log-prob, measured), which flips near-tied frames of this
+    # random model and hides what is tested here, the padding and masking.
+    common = {"reduce_range": False, "calibration": CALIBRATION}
+    bucketed, artifact = _build(tmp_path / "b", tiny_fused, {"backend": "pt2e", "bucket_frames": 128, **common})
+    exact, exact_artifact = _build(tmp_path / "e", tiny_fused, {"backend": "pt2e", "shapes": "per_length", **common})
     padded_run = bucketed.load(artifact, threads=1)(features)
     exact_run = exact.load(exact_artifact, threads=1)(features)
     assert padded_run.shape == exact_run.shape == (1, 167, len(QUARTZNET_VOCABULARY) + 1)
@@ -223,7 +228,7 @@ def test_pt2e_needs_a_compiler(tmp_path, tiny_fused, monkeypatch):
 
 
 @pytest.mark.parametrize("entry, message", [
-    ({"backend": "ort", "precision": "int4"}, "choose one of: int8, fp32"),
+    ({"backend": "ort", "precision": "int4"}, "choose one of: int8, dynamic, fp32"),
     ({"backend": "ort", "preset": "avx9"}, "choose one of: auto, avx512_vnni, avx2, ort_defaults"),
     ({"backend": "ort", "activation_type": "u16"}, "choose one of: u8, s8"),
     ({"backend": "ort", "calibration": {"method": "mse"}}, "choose one of: minmax, entropy, percentile"),

@@ -3,8 +3,9 @@
 calibrate: export to ONNX, run ORT's calibrator (MinMax, Entropy or Percentile) over the
 calibration features one utterance at a time, save the ranges (ORT's own JSON format).
 quantize:  export again (deterministic, same tensor names), apply THOSE ranges through
-`quantize_static(calibration_cache_path=...)` without re-running calibration, and write a
-deployable folder: model.onnx (sherpa-onnx's NeMo CTC signature and metadata_props), tokens.txt.
+`quantize_static(calibration_cache_path=...)` without re-running calibration (`precision:
+dynamic`: `quantize_dynamic`, which needs none), and write a deployable folder: model.onnx
+(sherpa-onnx's NeMo CTC signature and metadata_props), tokens.txt.
 
 Presets are named by the CPU they suit: `avx512_vnni` (U8 activations, S8 per-channel weights,
 full 8-bit ranges: for CPUs with an int8 dot product, VNNI, AMX or ARM's dot product), `avx2`
@@ -37,7 +38,7 @@ from nemo_ptq.config import check_choices, check_flags
 from nemo_ptq.errors import ConfigError
 from nemo_ptq.models import export
 
-PRECISIONS = ("int8", "fp32")
+PRECISIONS = ("int8", "dynamic", "fp32")
 METHODS = ("minmax", "entropy", "percentile")
 QUANT_TYPES = ("u8", "s8")
 # Weight layers and the adds between them; softmax, sigmoid/swish, LayerNorm and the attention
@@ -75,7 +76,9 @@ class OrtCalibration(CalibrationSample):
 
 @dataclass(frozen=True)
 class OrtConfig:
-    precision: str = "int8"  # int8 | fp32 (fp32: the exported model as is, no calibration)
+    # int8: static QDQ from calibrated ranges; dynamic: `quantize_dynamic` (weights only, activation
+    # ranges per call, no calibration: what sherpa-onnx ships); fp32: the exported model as is.
+    precision: str = "int8"
     preset: str = AUTO  # auto | avx512_vnni | avx2 | ort_defaults; the fields below override it
     activation_type: str | None = None  # u8 | s8
     weight_type: str | None = None  # u8 | s8
@@ -152,7 +155,9 @@ class OrtBackend(Backend):
             model_fp32 = self._fp32_onnx(fp32, Path(tmp))
             table = self.layer_table(fp32)
             names = export.onnx_layer_names(onnx.load(str(model_fp32)), table)
-            if payload is None:
+            if self.config.precision == "dynamic":
+                model = self._dynamic(model_fp32, Path(tmp) / "dynamic.onnx")
+            elif payload is None:
                 model = onnx.load(str(model_fp32))
             else:
                 model = self._quantized(model_fp32, payload, Path(tmp) / "int8.onnx")
@@ -184,6 +189,19 @@ class OrtBackend(Backend):
             nodes_to_exclude=exclude, op_types_to_quantize=list(self.config.op_types_to_quantize),
             calibrate_method=_method(self.config.calibration.method), calibration_cache_path=str(ranges),
         )
+        return onnx.load(str(out_path))
+
+    def _dynamic(self, model_fp32: Path, out_path: Path) -> onnx.ModelProto:
+        """Weights quantized offline, activations per call (ConvInteger / MatMulInteger)."""
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        qtype = {"u8": QuantType.QUInt8, "s8": QuantType.QInt8}
+        exclude = list(self.config.nodes_to_exclude)
+        if self.config.float_logits:
+            exclude.append(logits_layer(onnx.load(str(model_fp32))))
+        quantize_dynamic(str(model_fp32), str(out_path), weight_type=qtype[self.config.weight_type],
+                         per_channel=self.config.per_channel, reduce_range=self.config.reduce_range,
+                         op_types_to_quantize=list(self.config.op_types_to_quantize), nodes_to_exclude=exclude)
         return onnx.load(str(out_path))
 
     def load(self, artifact_dir: Path, threads: int):
@@ -266,7 +284,7 @@ def _session(model: Path, threads: int, optimized_path: Path | None = None):
 
 def runtime_precisions(optimized: onnx.ModelProto, layer_names: Iterable[str]) -> dict[str, str]:
     """Precision of each weight layer in ORT's optimized graph; fused nodes keep the original
-    name plus a `_token_<n>` suffix."""
-    ops = {re.sub(r"_token_\d+$", "", node.name): node.op_type for node in optimized.graph.node}
+    name plus a `_token_<n>` suffix, and quantize_dynamic's integer ops add `_quant`."""
+    ops = {re.sub(r"(_quant)?(_token_\d+)?$", "", node.name): node.op_type for node in optimized.graph.node}
     return {name: ("int8" if ops.get(name) in INT8_OPS else "fp32") for name in layer_names}
 
