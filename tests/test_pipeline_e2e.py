@@ -6,6 +6,7 @@ which reads the variants) as changed.
 """
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -107,10 +108,32 @@ def test_repro_writes_metrics_plots_and_mlflow_runs(project):
 
 
 def test_second_repro_is_a_no_op(project):
+    """Only the cpu stage runs again (always_changed); on the same machine its files do not change,
+    so nothing downstream reruns."""
     root, env = project
-    assert "up to date" in dvc("status", cwd=root, env=env)
+    assert json.loads(dvc("status", "--json", cwd=root, env=env)) == {"cpu": ["always changed"]}
     output = dvc("repro", cwd=root, env=env)
-    assert "Running stage" not in output
+    assert re.findall(r"Running stage '([^']+)'", output) == ["cpu"]
+
+
+def test_another_cpu_reruns_only_what_depends_on_it(project):
+    """A new ISA profile reruns calibrate and quantize (auto presets), a new machine.json evaluate
+    (latency); fetch-pretrained, prepare and fuse stay cached."""
+    root, env = project
+    variants = list(yaml.safe_load((root / "params.yaml").read_text())["variants"])
+    for name, marked in (("isa.json", {"calibrate", "quantize"}), ("machine.json", {"evaluate"})):
+        path = root / "data" / "cpu" / name
+        original = path.read_text()
+        path.write_text(json.dumps({**json.loads(original), "profile": "another"}))
+        try:
+            changed = set(json.loads(dvc("status", "--json", cwd=root, env=env))) - {"cpu"}
+        finally:
+            path.write_text(original)
+        expected = {f"{stage}@{v}" for stage in marked for v in variants}
+        if name == "machine.json":
+            expected.add("evaluate-fp32")
+        assert changed == expected, f"{name}: {sorted(changed ^ expected)}"
+        assert not changed & {"fetch-pretrained", "prepare", "fuse"}
 
 
 def test_editing_one_variant_marks_only_its_stages(project):
@@ -124,7 +147,7 @@ def test_editing_one_variant_marks_only_its_stages(project):
     finally:
         (root / "params.yaml").write_text(original)
     # report reads the variants section (its rows), so it is marked too, and reruns after evaluate@onednn anyway
-    assert changed == {"calibrate@onednn", "quantize@onednn", "evaluate@onednn", "report"}
+    assert changed == {"cpu", "calibrate@onednn", "quantize@onednn", "evaluate@onednn", "report"}  # cpu: always
 
 
 def test_fidelity_benchmark_runs_on_the_pipeline_outputs(project):
