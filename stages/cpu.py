@@ -20,8 +20,7 @@ def main() -> None:
     from nemo_ptq import cpu
 
     with stage_outputs(args.out / "isa.json", args.out / "machine.json"):
-        cpu.write_records(args.out)
-    found = cpu.detect()
+        found = cpu.write_records(args.out)
     print(f"CPU: {found.model}, ISA profile {found.profile} ({' '.join(found.isa) or 'no relevant flags'})")
 
 

@@ -97,7 +97,7 @@ def detect(cpuinfo: Path = PROC_CPUINFO, machine: str | None = None) -> Cpu:
     return Cpu(model=model, profile=profile_of(flags, machine), isa=[flag for flag in ISA_FLAGS if flag in flags])
 
 
-def write_records(out_dir: Path) -> None:
+def write_records(out_dir: Path) -> Cpu:
     """out_dir/isa.json (what builds artifacts: the ISA profile) and out_dir/machine.json (what
     latency depends on too: the model and core count). dvc.yaml's `cpu` stage writes them on
     every run, and a stage reruns only when the file it depends on changes."""
@@ -107,3 +107,4 @@ def write_records(out_dir: Path) -> None:
     (out_dir / "isa.json").write_text(json.dumps(cpu.isa_record(), indent=2) + "\n")
     machine = {**asdict(cpu), "logical_cpus": os.cpu_count()}
     (out_dir / "machine.json").write_text(json.dumps(machine, indent=2) + "\n")
+    return cpu

@@ -53,7 +53,6 @@ PRESETS = {
                      "preprocess": False, "op_types_to_quantize": [],  # []: every op ORT can quantize
                      "float_logits": False},
 }
-AUTO = "auto"
 WEIGHT_LAYER_OPS = {"Conv", "MatMul", "Gemm"}
 MODEL = "model.onnx"
 TOKENS = "tokens.txt"
@@ -79,7 +78,7 @@ class OrtConfig:
     # int8: static QDQ from calibrated ranges; dynamic: `quantize_dynamic` (weights only, activation
     # ranges per call, no calibration: what sherpa-onnx ships); fp32: the exported model as is.
     precision: str = "int8"
-    preset: str = AUTO  # auto | avx512_vnni | avx2 | ort_defaults; the fields below override it
+    preset: str = cpu.AUTO  # auto | avx512_vnni | avx2 | ort_defaults; the fields below override it
     activation_type: str | None = None  # u8 | s8
     weight_type: str | None = None  # u8 | s8
     per_channel: bool | None = None
@@ -93,8 +92,8 @@ class OrtConfig:
     calibration: OrtCalibration = field(default_factory=OrtCalibration)
 
     def __post_init__(self) -> None:
-        check_choices(self, {"precision": PRECISIONS, "preset": [AUTO, *PRESETS]})
-        if self.preset == AUTO:
+        check_choices(self, {"precision": PRECISIONS, "preset": [cpu.AUTO, *PRESETS]})
+        if self.preset == cpu.AUTO:
             object.__setattr__(self, "preset", preset_for(cpu.detect()))
         for key, value in PRESETS[self.preset].items():
             if getattr(self, key) is None:

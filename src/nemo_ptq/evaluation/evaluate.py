@@ -35,7 +35,8 @@ from typing import Any
 from tqdm import tqdm
 
 from nemo_ptq import cpu, provenance
-from nemo_ptq.backends.base import ArtifactInfo, Runner
+from nemo_ptq.backends import get_backend
+from nemo_ptq.backends.base import ArtifactInfo, Backend, Runner
 from nemo_ptq.data.prepared import PreparedData, PreparedSet
 from nemo_ptq.data.text import normalize_text
 from nemo_ptq.errors import ConfigError, DataError
@@ -73,21 +74,15 @@ def variant_entry(variants: Mapping[str, Any] | None, variant: str) -> dict | No
     return dict(variants[variant])
 
 
-def load_variant(variant: str, entry: Mapping[str, Any], card: Mapping[str, Any], artifact_dir: Path,
-                 threads: int) -> tuple[Runner, ArtifactInfo]:
-    from nemo_ptq.backends import get_backend
-
+def load_variant(variant: str, backend: Backend, artifact_dir: Path, threads: int) -> tuple[Runner, ArtifactInfo]:
     if not Path(artifact_dir).is_dir():
         raise DataError(f"{artifact_dir} is missing: run dvc repro quantize@{variant} first")
-    backend = get_backend(variant, entry, card)
     return backend.load(Path(artifact_dir), threads), backend.describe(Path(artifact_dir))
 
 
-def skip_reason(variant: str, entry: Mapping[str, Any], card: Mapping[str, Any]) -> str:
-    """Why this variant is not measured on this CPU ('' when it is), e.g. emulated bf16."""
-    from nemo_ptq.backends import get_backend
-
-    return get_backend(variant, entry, card).skip_reason(cpu.detect()) or ""
+def measured_model(card: Mapping[str, Any], model_sha256: str) -> dict:
+    """Which model the figures are of: what the report checks each row against."""
+    return {"source": card.get("source"), "trained": card.get("trained"), "nemo_sha256": model_sha256}
 
 
 def skipped_metrics(variant: str, entry: Mapping[str, Any], reason: str, card: Mapping[str, Any], model_dir: Path,
@@ -97,8 +92,7 @@ def skipped_metrics(variant: str, entry: Mapping[str, Any], reason: str, card: M
         "variant": variant,
         "backend": str(entry["backend"]),
         "skipped": reason,
-        "model": {"source": card.get("source"), "trained": card.get("trained"),
-                  "nemo_sha256": provenance.model_sha256(Path(model_dir) / MODEL_FILE)},
+        "model": measured_model(card, provenance.model_sha256(Path(model_dir) / MODEL_FILE)),
         "eval_sets": provenance.eval_sets(prepared),
         "system": system_info(),
     }
@@ -151,17 +145,17 @@ def evaluate(
             f"{prepared.root} has {prepared.feature_dim}-dim features but the model expects {card['feature_dim']}: "
             "rerun dvc repro prepare"
         )
-    if entry is not None:
-        reason = skip_reason(variant, entry, card)
-        if reason:
-            print(f"skipped {variant}: {reason}", file=sys.stderr)
-            return Evaluation(skipped_metrics(variant, entry, reason, card, model_dir, prepared), {})
+    backend = None if entry is None else get_backend(variant, entry, card)
+    reason = None if backend is None else backend.skip_reason(cpu.detect())
+    if reason:
+        print(f"skipped {variant}: {reason}", file=sys.stderr)
+        return Evaluation(skipped_metrics(variant, entry, reason, card, model_dir, prepared), {})
     model = load_fp32(model_dir)
     fp32_runner = NemoEagerRunner(model)
-    if entry is None:
+    if backend is None:
         runner, info = fp32_runner, None
     else:
-        runner, info = load_variant(variant, entry, card, artifact_dir, params.threads)
+        runner, info = load_variant(variant, backend, artifact_dir, params.threads)
 
     transcripts = transcribe(runner, vocabulary, prepared.eval_sets, prepared.feature_dim, progress)
     fp32_hypotheses = None if fp32_transcripts is None else read_hypotheses(fp32_transcripts, transcripts)
@@ -236,7 +230,7 @@ def build_metrics(*, variant: str, backend: str, scores: dict, timings: dict[str
         "size": {"bytes": size_bytes, **fp32_sizes},
         "layers": [] if info is None else info.layers,  # by FP32 module path, with the backend's names
         "artifact_notes": "" if info is None else info.notes,
-        "model": {"source": card.get("source"), "trained": card.get("trained"), "nemo_sha256": model_sha256},
+        "model": measured_model(card, model_sha256),
         "eval_sets": eval_sets,
         "system": system_info(),
     }
