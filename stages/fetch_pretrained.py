@@ -1,11 +1,14 @@
 """fetch-pretrained: get the FP32 NeMo CTC model named by params.yaml `model.source`.
 
-Writes <out>/model.nemo and <out>/card.json (class, encoder, parameters, vocabulary, sample rate,
-sha256 of the checkpoint). A checkpoint whose sha256 differs from a pinned `model.sha256` is an
-error, found before the file is opened.
+Writes <out>/model.nemo, <out>/card.json (class, encoder, parameters, vocabulary, sample rate,
+sha256 of the checkpoint) and <out>/frontend.onnx (the model's preprocessor as an ONNX graph, for
+artifacts that take waveforms; the card says why when a preprocessor cannot be exported).
+A checkpoint whose sha256 differs from a pinned `model.sha256` is an error, found before the file
+is opened.
 """
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -20,6 +23,7 @@ def main() -> None:
     args = parser.parse_args()
 
     config = load_config(ModelParams, "model", args.params)
+    from nemo_ptq.models.frontend import write_frontend
     from nemo_ptq.models.loading import ModelSource, describe, fetch
 
     source = ModelSource.parse(config.source)
@@ -28,9 +32,13 @@ def main() -> None:
         card = describe(model, source, sha256)
         args.out.mkdir(parents=True)
         model.save_to(str(args.out / "model.nemo"))
+        frontend, unsupported = write_frontend(model, args.out, card.sample_rate)
+        card = dataclasses.replace(card, frontend=frontend, frontend_unsupported=unsupported)
         (args.out / "card.json").write_text(json.dumps(card.to_json(), indent=2) + "\n")
     print(f"{source}: {card.model_class} ({card.encoder}), {card.parameters / 1e6:.2f} M parameters, "
           f"{len(card.vocabulary)} tokens, {card.sample_rate} Hz")
+    if unsupported:
+        print(f"no waveform-input artifacts: {unsupported}")
     if sha256 is not None:
         print(f"sha256 {sha256}" + (" (pinned)" if config.sha256 else "; pin it with model.sha256 in params.yaml"))
 

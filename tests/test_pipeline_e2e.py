@@ -51,6 +51,7 @@ def small_params(project: Path) -> None:
     params["variants"] = {
         "onednn": {"backend": "eager", "engine": "onednn", "calibration": dict(calibration)},
         "qnnpack": {"backend": "eager", "engine": "qnnpack", "calibration": dict(calibration, per_channel=False)},
+        "ort_fp32": {"backend": "ort", "precision": "fp32"},  # the audio-input artifact, end to end
     }
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
@@ -95,16 +96,27 @@ def test_repro_writes_metrics_plots_and_mlflow_runs(project):
     assert 0 < onednn["size_ratio_vs_fp32"] < 1
     assert (root / "plots" / "pareto.png").stat().st_size > 0
     summary = json.loads((root / "reports" / "summary.json").read_text())
-    assert list(summary["variants"]) == ["fp32", "onednn", "qnnpack"]  # exactly params.yaml's, fp32 first
+    assert list(summary["variants"]) == ["fp32", "onednn", "qnnpack", "ort_fp32"]  # params.yaml's, fp32 first
     assert {row["model"].split()[0] for row in summary["variants"].values()} == {"arch:quartznet_tiny"}
     assert json.loads((root / "data" / "fused" / "equivalence.json").read_text())["max_abs_diff"] <= 1e-3
+    # fetch-pretrained exported the preprocessor; the ORT artifact takes audio, and evaluate fed it
+    # every prepared WAV: same frames, float-rounding log-probs, a share of identical transcripts
+    assert json.loads((root / "data" / "model" / "card.json").read_text())["frontend"] == "frontend.onnx"
+    assert (root / "data" / "quantized" / "ort_fp32" / "model_waveform.onnx").is_file()
+    ort_fp32 = json.loads((root / "metrics" / "ort_fp32.json").read_text())
+    waveform = ort_fp32["deployment"]["waveform"]
+    assert waveform["utterances"] == ort_fp32["utterances"] and waveform["frame_count_mismatches"] == 0
+    assert waveform["max_abs_logprob_diff"] < 1e-3
+    assert ort_fp32["waveform_agreement"] == waveform["agreement"] == waveform["identical_transcripts"] / waveform[
+        "utterances"]
+    assert "waveform_agreement" not in onednn and onednn["deployment"] == {}  # eager artifacts take features
 
     import mlflow
 
     mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
     runs = mlflow.search_runs(search_all_experiments=True)
     variants = set(runs["tags.variant"].dropna()) if "tags.variant" in runs else set()
-    assert {"fp32", "onednn", "qnnpack"} <= variants
+    assert {"fp32", "onednn", "qnnpack", "ort_fp32"} <= variants
 
 
 def test_second_repro_is_a_no_op(project):

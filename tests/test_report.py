@@ -95,7 +95,7 @@ def test_columns_are_what_evaluate_writes():
         variant="onednn", backend="eager", scores={"overall": overall, "sets": {}, "kinds": {}},
         timings={"onednn": [0.01, 0.012], "fp32": [0.05, 0.06]}, params=EvaluateParams(), size_bytes=10,
         fp32_sizes={"fp32_nemo_bytes": 40, "fp32_state_dict_bytes": 38}, info=None, card={"source": "embedded"},
-        model_sha256="0" * 64, eval_sets=[])
+        model_sha256="0" * 64, eval_sets=[], deployment={"waveform": {"agreement": 1.0}})
     figures = [column for column in report.COLUMNS if column not in ("model", "eval_sets", "skipped")]
     assert [column for column in figures if column not in metrics] == []
 

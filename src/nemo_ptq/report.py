@@ -23,7 +23,7 @@ FP32 = "fp32"
 COLUMNS = (
     "variant", "backend", "wer", "cer", "wer_vs_fp32", "latency_ms_median", "latency_ms_p90",
     "speedup_vs_fp32", "size_mb", "size_ratio_vs_fp32", "int8_weight_layer_fraction", "int8_weight_mac_fraction",
-    "model", "eval_sets", "skipped",
+    "waveform_agreement", "model", "eval_sets", "skipped",
 )
 SHORT = 12  # hex digits of a sha256 shown in rows
 

@@ -27,7 +27,8 @@ def available() -> list[str]:
     return sorted(modules | set(registry()))
 
 
-def get_backend(variant: str, entry: Mapping[str, Any] | None, card: Mapping[str, Any] | None = None) -> Backend:
+def get_backend(variant: str, entry: Mapping[str, Any] | None, card: Mapping[str, Any] | None = None,
+                model_dir: Path | None = None) -> Backend:
     """The configured backend for one `variants.<variant>` entry of params.yaml."""
     if not isinstance(entry, Mapping) or "backend" not in entry:
         raise ConfigError(f"variants.{variant} needs a 'backend' key; choose one of: {', '.join(available())}")
@@ -38,10 +39,10 @@ def get_backend(variant: str, entry: Mapping[str, Any] | None, card: Mapping[str
         importlib.import_module(f"{__name__}.{name}")  # registers itself
     if name not in registry():
         raise ConfigError(f"backend module {name}.py registers no backend named {name!r}: name it so")
-    return registry()[name].from_params(variant, entry, card)
+    return registry()[name].from_params(variant, entry, card, model_dir)
 
 
 def backend_for_variant(variant: str, params_path: Path, model_dir: Path) -> Backend:
     """What the calibrate and quantize stages start from: params.yaml's entry plus the model card."""
     card = json.loads((Path(model_dir) / "card.json").read_text())
-    return get_backend(variant, load_section("variants", params_path).get(variant), card)
+    return get_backend(variant, load_section("variants", params_path).get(variant), card, Path(model_dir))

@@ -5,7 +5,8 @@ subclass, and registers it with `@register`. The pipeline drives it in three sta
 
     calibrate:  calibrate(fp32, calibration features, out_dir)  -> variant.json + the payload
     quantize:   quantize(fp32, calibration_dir, out_dir)        -> the INT8 artifact
-    evaluate:   load(artifact_dir) -> Runner; runner(features) -> log-probs; describe(artifact_dir)
+    evaluate:   load(artifact_dir) -> Runner; runner(features) -> log-probs; describe(artifact_dir);
+                load_waveform(artifact_dir) -> WaveformRunner or None, for artifacts that take audio
 
 A backend implements four methods: `observe` (write the calibration payload), `convert` (build
 the artifact from it), `load` and `describe`. This class owns the rest of the contract:
@@ -58,6 +59,13 @@ class Runner(Protocol):
     def __call__(self, features: np.ndarray) -> np.ndarray: ...
 
 
+class WaveformRunner(Protocol):
+    """A deployable model fed audio: samples [samples] float32 at the model's rate -> log-probs
+    [1, frames', vocab+1], the model's own preprocessor inside."""
+
+    def __call__(self, samples: np.ndarray) -> np.ndarray: ...
+
+
 @dataclass(frozen=True)
 class ArtifactInfo:
     """What evaluate reports about a quantized artifact besides accuracy and speed."""
@@ -101,15 +109,18 @@ class Backend(ABC):
     config_class: ClassVar[type]
     calibration_file: ClassVar[str]  # the payload that observe writes next to variant.json
 
-    def __init__(self, config: Any, card: Mapping[str, Any] | None = None, variant: str = "<variant>"):
+    def __init__(self, config: Any, card: Mapping[str, Any] | None = None, variant: str = "<variant>",
+                 model_dir: Path | None = None):
         self.config = config
         self.card = dict(card or {})  # the fetch-pretrained model card (vocabulary, sample rate, ...)
         self.variant = variant  # the params.yaml name, for messages
+        self.model_dir = model_dir  # the fetch-pretrained folder (its frontend graph), when known
 
     @classmethod
-    def from_params(cls, variant: str, entry: Mapping[str, Any], card: Mapping[str, Any] | None = None) -> "Backend":
+    def from_params(cls, variant: str, entry: Mapping[str, Any], card: Mapping[str, Any] | None = None,
+                    model_dir: Path | None = None) -> "Backend":
         options = {key: value for key, value in entry.items() if key != "backend"}
-        return cls(parse_dataclass(cls.config_class, options, where=f"variants.{variant}"), card, variant)
+        return cls(parse_dataclass(cls.config_class, options, where=f"variants.{variant}"), card, variant, model_dir)
 
     def calibration_sample(self) -> CalibrationSample | None:
         """The variant's `CalibrationSample`, or None when it is calibrated on nothing."""
@@ -140,6 +151,10 @@ class Backend(ABC):
     @abstractmethod
     def describe(self, artifact_dir: Path) -> ArtifactInfo:
         """Size on disk and the precision each weight layer really runs in."""
+
+    def load_waveform(self, artifact_dir: Path, threads: int) -> WaveformRunner | None:
+        """The artifact's waveform-input model, when it has one (None: features only)."""
+        return None
 
     # ---- the contract every backend shares -----------------------------------------------------
 

@@ -5,7 +5,8 @@ calibration features one utterance at a time, save the ranges (ORT's own JSON fo
 quantize:  export again (deterministic, same tensor names), apply THOSE ranges through
 `quantize_static(calibration_cache_path=...)` without re-running calibration (`precision:
 dynamic`: `quantize_dynamic`, which needs none), and write a deployable folder: model.onnx
-(sherpa-onnx's NeMo CTC signature and metadata_props), tokens.txt.
+(sherpa-onnx's NeMo CTC signature and metadata_props), tokens.txt, and model_waveform.onnx: the
+same model behind the model's own preprocessor (fetch-pretrained's frontend.onnx), fed audio.
 
 Presets are named by the CPU they suit: `avx512_vnni` (U8 activations, S8 per-channel weights,
 full 8-bit ranges: for CPUs with an int8 dot product, VNNI, AMX or ARM's dot product), `avx2`
@@ -36,7 +37,7 @@ from nemo_ptq.backends.base import ArtifactInfo, Backend, register
 from nemo_ptq.backends.calibration import CalibrationSample
 from nemo_ptq.config import check_choices, check_flags
 from nemo_ptq.errors import ConfigError
-from nemo_ptq.models import export
+from nemo_ptq.models import export, frontend
 
 PRECISIONS = ("int8", "dynamic", "fp32")
 METHODS = ("minmax", "entropy", "percentile")
@@ -55,6 +56,7 @@ PRESETS = {
 }
 WEIGHT_LAYER_OPS = {"Conv", "MatMul", "Gemm"}
 MODEL = "model.onnx"
+WAVEFORM_MODEL = "model_waveform.onnx"  # the same model behind the model's own preprocessor
 TOKENS = "tokens.txt"
 # Optimized-graph ops that compute in integers; every other op on a weight layer runs in float.
 INT8_OPS = {"QLinearConv", "ConvInteger", "QLinearMatMul", "MatMulInteger", "MatMulIntegerToFloat",
@@ -163,6 +165,9 @@ class OrtBackend(Backend):
         export.add_length_input(model)
         export.add_metadata(model, {**export.deployment_metadata(self.card), "precision": self.config.precision})
         onnx.save(model, str(out_dir / MODEL))
+        frontend_onnx = frontend.frontend_path(self.model_dir, self.card)
+        if frontend_onnx is not None:
+            onnx.save(frontend.waveform_model(frontend_onnx, model), str(out_dir / WAVEFORM_MODEL))
         export.write_tokens(out_dir / TOKENS, self.card)
         self.save_layers(out_dir, table, names)
 
@@ -211,6 +216,17 @@ class OrtBackend(Backend):
 
         return run
 
+    def load_waveform(self, artifact_dir: Path, threads: int):
+        path = Path(artifact_dir) / WAVEFORM_MODEL
+        if not path.is_file():
+            return None
+        session = _session(path, threads)
+
+        def run(samples: np.ndarray) -> np.ndarray:
+            return session.run(None, frontend.waveform_feed(samples))[0]
+
+        return run
+
     def describe(self, artifact_dir: Path) -> ArtifactInfo:
         artifact_dir = Path(artifact_dir)
         table, _ = self.load_layers(artifact_dir)
@@ -223,7 +239,8 @@ class OrtBackend(Backend):
             table, precisions,
             size_bytes=sum((artifact_dir / name).stat().st_size for name in (MODEL, TOKENS)),
             notes=f"onnxruntime CPU, {self.config.precision}, preset {self.config.preset}; precisions read from "
-                  "ORT's optimized graph (QLinearConv = int8)",
+                  f"ORT's optimized graph (QLinearConv = int8); size counts {MODEL} (features in), not the "
+                  f"alternative {WAVEFORM_MODEL} (audio in)",
         )
 
 

@@ -16,6 +16,9 @@ Metrics (metrics/<variant>.json), headline numbers at the top level:
     int8_weight_layer_fraction, int8_weight_mac_fraction
                         share of the weight layers (conv, linear: the FP32 model's modules), by
                         count and by multiply-accumulates, that really run in INT8
+    waveform_agreement  share of eval utterances whose transcript from the artifact's audio-input
+                        model (the prepared WAV in, the model's preprocessor inside) equals the
+                        feature path's; details under `deployment.waveform` (artifacts with one)
 then `sets` and `kinds` (real / synthetic) with the accuracy numbers per group, and details.
 A variant that would mislead on this CPU (the backend's `skip_reason`, e.g. bf16 where the CPU
 emulates it) is not run: its metrics hold `skipped` (the reason, one line) and no figures.
@@ -43,6 +46,7 @@ from nemo_ptq.errors import ConfigError, DataError
 from nemo_ptq.evaluation.decoding import CtcVocabulary
 from nemo_ptq.evaluation.fp32 import MODEL_FILE, NemoEagerRunner, latency_features, load_fp32, state_dict_bytes
 from nemo_ptq.evaluation.latency import latency_stats, time_in_blocks
+from nemo_ptq.evaluation.parity import waveform_parity
 from nemo_ptq.evaluation.scoring import score_sets
 from nemo_ptq.evaluation.sysinfo import system_info
 from nemo_ptq.evaluation.transcripts import Transcript, read_hypotheses
@@ -145,7 +149,7 @@ def evaluate(
             f"{prepared.root} has {prepared.feature_dim}-dim features but the model expects {card['feature_dim']}: "
             "rerun dvc repro prepare"
         )
-    backend = None if entry is None else get_backend(variant, entry, card)
+    backend = None if entry is None else get_backend(variant, entry, card, Path(model_dir))
     reason = None if backend is None else backend.skip_reason(cpu.detect())
     if reason:
         print(f"skipped {variant}: {reason}", file=sys.stderr)
@@ -161,6 +165,10 @@ def evaluate(
     fp32_hypotheses = None if fp32_transcripts is None else read_hypotheses(fp32_transcripts, transcripts)
     kinds = {prepared_set.name: prepared_set.kind for prepared_set in prepared.eval_sets}
     scores = score_sets(transcripts, kinds, fp32_hypotheses)
+
+    waveform_runner = None if backend is None else backend.load_waveform(Path(artifact_dir), params.threads)
+    deployment = {} if waveform_runner is None else {
+        "waveform": waveform_parity(waveform_runner, runner, vocabulary, prepared.eval_sets, transcripts, progress)}
 
     features = latency_features(model, params.latency_audio_s, int(card["sample_rate"]))
     calls = {FP32: lambda: fp32_runner(features)}
@@ -181,13 +189,15 @@ def evaluate(
         card=card,
         model_sha256=provenance.model_sha256(Path(model_dir) / MODEL_FILE),
         eval_sets=provenance.eval_sets(prepared),
+        deployment=deployment,
     )
     return Evaluation(metrics, transcripts)
 
 
 def build_metrics(*, variant: str, backend: str, scores: dict, timings: dict[str, list[float]],
                   params: EvaluateParams, size_bytes: int, fp32_sizes: dict, info: ArtifactInfo | None,
-                  card: Mapping[str, Any], model_sha256: str, eval_sets: list[dict]) -> dict:
+                  card: Mapping[str, Any], model_sha256: str, eval_sets: list[dict],
+                  deployment: Mapping[str, dict] | None = None) -> dict:
     """Headline numbers at the top level (what `dvc metrics show/diff` compares), details below.
 
     `dvc metrics show` turns every nested number and string into a column but skips lists, so
@@ -215,6 +225,9 @@ def build_metrics(*, variant: str, backend: str, scores: dict, timings: dict[str
         "int8_weight_layer_fraction": 0.0 if info is None else info.int8_weight_layer_fraction,
         "int8_weight_mac_fraction": 0.0 if info is None else info.int8_weight_mac_fraction,
     }
+    deployment = dict(deployment or {})
+    if "waveform" in deployment:
+        headline["waveform_agreement"] = deployment["waveform"]["agreement"]
     return {
         **_rounded(headline),
         "sets": _rounded(scores["sets"]),
@@ -228,6 +241,7 @@ def build_metrics(*, variant: str, backend: str, scores: dict, timings: dict[str
             "fp32_runs_ms": [round(1000 * t, 3) for t in timings[FP32]],
         },
         "size": {"bytes": size_bytes, **fp32_sizes},
+        "deployment": _rounded(deployment),
         "layers": [] if info is None else info.layers,  # by FP32 module path, with the backend's names
         "artifact_notes": "" if info is None else info.notes,
         "model": measured_model(card, model_sha256),

@@ -162,6 +162,9 @@ class ModelCard:
     trained: bool
     notes: str = ""
     sha256: str | None = None  # of the checkpoint file (see sha256_of); None for arch: sources
+    # The preprocessor as an ONNX graph next to model.nemo (`nemo_ptq.models.frontend`), or why not
+    frontend: str | None = None
+    frontend_unsupported: str = ""
 
     def to_json(self) -> dict[str, Any]:
         payload = asdict(self)
