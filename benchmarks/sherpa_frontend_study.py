@@ -15,7 +15,8 @@ sherpa-onnx's `OfflineRecognizer.from_nemo_ctc` on the same ONNX file (several c
 and reports identical transcripts and the character error rate of (b) against (a). Also serves a
 waveform graph (NeMo's frontend rebuilt inside, `wave_ctc`) through sherpa-onnx's raw-sample model
 type, `from_omnilingual_asr_ctc`, which normalizes the waveform to zero mean and unit variance
-before the graph sees it. Single threaded; about 15 s on one core.
+before the graph sees it. Single threaded; about 15 s on one core. Needs two packages that the
+project does not depend on: `pip install sherpa-onnx==2.0.1 kaldi-native-fbank==1.23.0`.
 
     OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/sherpa_frontend_study.py \
         --manifest ../shared/data/vctk_p239/manifest.jsonl --clips 30 --probe-clips 3
