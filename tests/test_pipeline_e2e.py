@@ -85,7 +85,8 @@ def test_repro_writes_metrics_plots_and_mlflow_runs(project):
                 for line in (root / "data" / "evaluation" / variant / f"{name}.jsonl").read_text().splitlines()]
         assert metrics["wer"] == pytest.approx(wer([r["reference"] for r in rows], [r["hypothesis"] for r in rows]),
                                                rel=1e-5)
-        assert metrics["latency_ms_median"] == pytest.approx(float(np.median(metrics["latency"]["runs_ms"])), rel=1e-4)
+        # runs_ms are kept to 1 us, so their median can differ from the exact one by up to 0.5 us
+        assert metrics["latency_ms_median"] == pytest.approx(float(np.median(metrics["latency"]["runs_ms"])), abs=6e-4)
         assert "espeak_eval" in metrics["sets"]
     onednn = json.loads((root / "metrics" / "onednn.json").read_text())
     precisions = {layer["name"]: layer["precision"] for layer in onednn["layers"]}
