@@ -1,4 +1,4 @@
-"""Stage report: the params.yaml variants' metrics in one table, one Pareto plot and one points file.
+"""Stage report: the params.yaml variants' metrics in one table, one Pareto plot (latency and RTFx) and one points file.
 
     python stages/report.py --metrics metrics --params params.yaml --model data/model/model.nemo \
         --prepared data/prepared --out-plot plots/pareto.png --out-table reports/summary.json \
@@ -41,12 +41,16 @@ def main() -> None:
         metrics, left_out = report.load_metrics(args.metrics, variants, inputs)
         rows = report.summary_rows(metrics)
         front = report.pareto_front(rows)
-        points = report.plot_points(rows, front)
-        report.plot_pareto(points, args.out_plot, report.caption(metrics))
+        throughput = report.throughput_speed(rows)
+        throughput_front = [] if throughput is None else report.pareto_front(rows, throughput)
+        points = report.plot_points(rows, front, throughput, throughput_front)
+        report.plot_pareto(points, args.out_plot, report.caption(metrics), throughput)
+        summary = {"variants": {r["variant"]: r for r in rows}, "pareto_front": front,
+                   "pareto_front_rtfx": throughput_front, "rtfx_axis": None if throughput is None else throughput.key}
         for path, payload in (
             (args.out_points, points),
             # Keyed by variant (not a list) so `dvc metrics show` can display it.
-            (args.out_table, {"variants": {r["variant"]: r for r in rows}, "pareto_front": front}),
+            (args.out_table, summary),
         ):
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(payload, indent=2) + "\n")
@@ -54,6 +58,8 @@ def main() -> None:
         print(f"not shown (not a variant in {args.params}): {', '.join(str(p) for p in left_out)}")
     print(report.markdown_table(rows))
     print(f"\nPareto front (latency vs WER): {', '.join(front) or '(none)'}")
+    if throughput is not None:
+        print(f"Pareto front ({throughput.key} vs WER): {', '.join(throughput_front) or '(none)'}")
 
     tracking.log_safely(
         tracking.log_summary,

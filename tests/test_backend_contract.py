@@ -29,6 +29,7 @@ from nemo_ptq.backends import available, get_backend
 from nemo_ptq.backends.base import CONFIG_FILE, Backend, register, registry
 from nemo_ptq.backends.calibration import select_utterances
 from nemo_ptq.errors import CalibrationError, ConfigError, UnsupportedModelError
+from nemo_ptq.evaluation.throughput import pad_batch
 from nemo_ptq.models.architectures import QUARTZNET_VOCABULARY
 from nemo_ptq.models.layers import weight_layers
 
@@ -82,6 +83,8 @@ class BackendTemplate:
     foreign_model: ClassVar[str] = "citrinet"  # a model whose calibration this backend can tell apart
     bad_option: ClassVar[tuple[dict, str]]  # an invalid option and the message it must give
     slow_models: ClassVar[tuple[str, ...]] = ()
+    # padded batch row vs the row alone; activation ranges computed per call (dynamic) see the batch
+    batch_tolerance: ClassVar[float] = 1e-3
 
     def make(self, model: str, card: dict, **extra) -> Backend:
         entry = {"backend": self.backend, "calibration": CALIBRATION, **self.options.get(model, {}), **extra}
@@ -125,6 +128,22 @@ class BackendTemplate:
         assert agreement >= 0.8, f"argmax agrees with FP32 on only {agreement:.0%} of frames"
         # float logits: far more distinct gaps to the best class than 8-bit logits give (2 x 256)
         assert len(np.unique(np.round(log_probs - log_probs.max(-1, keepdims=True), 5))) > 1000
+        self.check_padded_batch(backend, tmp_path / "q", card)
+
+    def check_padded_batch(self, backend: Backend, artifact_dir, card: dict) -> None:
+        """A length-sorted, zero-padded batch of two: the longest row is what it gives alone; with
+        `load_batch` (padding masked) the shorter row's valid frames are too."""
+        long, short = (_features(card["feature_dim"], 1, frames, seed=frames)[0] for frames in (320, 210))
+        x, lengths = pad_batch([long, short])
+        run = backend.load(artifact_dir, threads=1)
+        alone = [run(f[None])[0] for f in (long, short)]
+        run_batch = backend.load_batch(artifact_dir, threads=1)
+        batched = run(x) if run_batch is None else run_batch(x, lengths)
+        assert batched.shape[0] == 2 and batched.shape[1] >= alone[0].shape[0]
+        rows = [0] if run_batch is None else [0, 1]
+        for row in rows:
+            valid = batched[row, : alone[row].shape[0]]
+            assert np.abs(valid - alone[row]).max() < self.batch_tolerance, f"row {row} differs from running alone"
 
     def test_quantize_without_calibration_names_the_stage_to_run(self, tmp_path, tiny_fused):
         backend = self.make("quartznet", QUARTZNET_CARD)

@@ -46,7 +46,8 @@ def small_params(project: Path) -> None:
         "name": "espeak_cal", "kind": "synthetic", "limit": 4,
         "tts": {"engine": "espeak-ng", "voices": ["en-us+m2"], "sentences": "data/text/calibration_sentences.txt"},
     }
-    params["evaluate"].update({"threads": 1, "latency_audio_s": 2.0, "warmup_runs": 1, "timed_runs": 2})
+    params["evaluate"].update({"threads": 1, "latency_audio_s": 2.0, "warmup_runs": 1, "timed_runs": 2,
+                               "throughput": {"batch_sizes": [1, 4], "streams": [1], "timed_passes": 1}})
     calibration = {"num_utterances": 3, "seed": 0, "observer": "minmax", "per_channel": True, "reduce_range": False}
     params["variants"] = {
         "onednn": {"backend": "eager", "engine": "onednn", "calibration": dict(calibration)},
@@ -111,6 +112,15 @@ def test_repro_writes_metrics_plots_and_mlflow_runs(project):
     assert ort_fp32["waveform_agreement"] == waveform["agreement"] == waveform["identical_transcripts"] / waveform[
         "utterances"]
     assert "waveform_agreement" not in onednn and onednn["deployment"] == {}  # eager artifacts take features
+    # throughput: NeMo's FP32 masks padding, so batching changes no transcript; the eager INT8
+    # graph has no lengths input, and the agreement says what its padding did
+    fp32 = json.loads((root / "metrics" / "fp32.json").read_text())
+    assert fp32["throughput"]["padding"] == "masked" and fp32["throughput"]["batch"]["4"]["agreement"] == 1.0
+    assert onednn["throughput"]["padding"] == "not masked"
+    for metrics in (fp32, onednn, ort_fp32):
+        assert metrics["throughput"]["utterances"] == metrics["utterances"]
+        assert {"rtfx_batch1", "rtfx_batch4", "rtfx_streams1"} <= set(metrics) and metrics["rtfx_batch4"] > 0
+    assert {"rtfx_batch4", "rtfx_streams1"} <= set(summary["variants"]["onednn"])
 
     import mlflow
 

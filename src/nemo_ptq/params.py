@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -73,12 +73,41 @@ class FuseParams:
 
 
 @dataclass(frozen=True)
+class ThroughputParams:
+    """Server throughput on the eval utterances: batches and concurrent streams (see
+    nemo_ptq.evaluation.throughput)."""
+
+    batch_sizes: tuple[int, ...] = (1, 4, 16)  # utterances per call, length-sorted and zero-padded
+    # concurrent batch-1 streams, each a process with max(1, threads // N) threads (N > threads oversubscribes)
+    streams: tuple[int, ...] = (2,)
+    timed_passes: int = 3  # passes over the utterances per batch size after one untimed pass; median
+    max_utterances: int = 128  # at most this many eval utterances (every k-th, so lengths stay representative)
+
+    def __post_init__(self) -> None:
+        for name in ("batch_sizes", "streams"):  # streams may be empty: no stream measurement
+            values = getattr(self, name)
+            if isinstance(values, (str, bytes)) or not isinstance(values, (list, tuple)):
+                raise ValueError(f"{name} must be a list of integers, got {values!r}")
+            if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values):
+                raise ValueError(f"{name} must hold integers >= 1, got {list(values)}")
+            object.__setattr__(self, name, tuple(sorted(set(values))))
+        if 1 not in self.batch_sizes:
+            raise ValueError(f"batch_sizes must include 1 (the reference the others are compared with), "
+                             f"got {list(self.batch_sizes)}")
+        if int(self.timed_passes) < 1:
+            raise ValueError(f"timed_passes must be >= 1, got {self.timed_passes}")
+        if int(self.max_utterances) < 1:
+            raise ValueError(f"max_utterances must be >= 1, got {self.max_utterances}")
+
+
+@dataclass(frozen=True)
 class EvaluateParams:
     threads: int = 2
     latency_audio_s: float = 10.0
     warmup_runs: int = 3
     timed_runs: int = 15
     timed_rounds: int = 3  # timed runs are split into this many alternating blocks (at most timed_runs)
+    throughput: ThroughputParams = field(default_factory=ThroughputParams)
 
     def __post_init__(self) -> None:
         if int(self.threads) < 1:

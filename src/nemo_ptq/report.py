@@ -1,8 +1,9 @@
-"""The variants of params.yaml side by side: a summary table, the latency/WER Pareto front and its plot.
+"""The variants of params.yaml side by side: a summary table, the Pareto fronts and their plot.
 
 Reads metrics/fp32.json and metrics/<variant>.json for exactly the variants in params.yaml; the
-y axis is the pooled WER over every eval set (metrics key `wer`), the x axis the median batch-1
-latency. Every row must have been measured on the model and eval sets that data/model and
+y axis is the pooled WER over every eval set (metrics key `wer`), the x axis either the median
+batch-1 latency (lower is better) or the server throughput, RTFx at the largest batch size that
+every row measured (higher is better): one front and one panel each. Every row must have been measured on the model and eval sets that data/model and
 data/prepared hold now (see nemo_ptq.provenance): a requested row from elsewhere is an error, not
 a row left out, since a table silently missing a variant misleads as much as a mixed one.
 Metrics files of variants no longer in params.yaml are not shown, and the report says so.
@@ -25,6 +26,20 @@ COLUMNS = (
     "speedup_vs_fp32", "size_mb", "size_ratio_vs_fp32", "int8_weight_layer_fraction", "int8_weight_mac_fraction",
     "waveform_agreement", "model", "eval_sets", "skipped",
 )
+RTFX = "rtfx_batch"  # + batch size: the throughput columns, after COLUMNS (their batch sizes come from params)
+STREAMS = "rtfx_streams"  # + number of streams
+
+
+@dataclass(frozen=True)
+class Speed:
+    """An x axis of the Pareto plot: a row's column and which way is faster."""
+
+    key: str
+    higher_is_better: bool
+    label: str
+
+
+LATENCY = Speed("latency_ms_median", False, "median latency, batch 1 (ms, log scale)")
 SHORT = 12  # hex digits of a sha256 shown in rows
 
 
@@ -82,11 +97,23 @@ def _short(sha: str | None) -> str:
     return "none recorded" if not sha else sha[:SHORT]
 
 
+def throughput_columns(metrics: list[dict]) -> list[str]:
+    """The rtfx_batch<b> then rtfx_streams<n> columns that any row has, by number."""
+    keys = {key for m in metrics for key in m if key.startswith((RTFX, STREAMS))}
+
+    def order(key: str) -> tuple[int, int]:
+        streams = key.startswith(STREAMS)
+        return int(streams), int(key[len(STREAMS if streams else RTFX):])
+
+    return sorted(keys, key=order)
+
+
 def summary_rows(metrics: list[dict]) -> list[dict]:
     """One row per metrics file; `model` and `eval_sets` say what it was measured on."""
+    columns = [*COLUMNS, *throughput_columns(metrics)]
     return [
         {
-            **{column: m.get(column) for column in COLUMNS},
+            **{column: m.get(column) for column in columns},
             "model": f"{m['model'].get('source')} ({_short(m['model'].get('nemo_sha256'))})",
             "eval_sets": ", ".join(f"{s['name']} ({_short(s['sha256'])})" for s in m["eval_sets"]),
         }
@@ -94,28 +121,43 @@ def summary_rows(metrics: list[dict]) -> list[dict]:
     ]
 
 
-def pareto_front(rows: list[dict]) -> list[str]:
-    """Variants that no other variant beats on both latency and WER (ties do not dominate)."""
-    scored = [r for r in rows if r["wer"] is not None and r["latency_ms_median"] is not None]
+def throughput_speed(rows: list[dict]) -> Speed | None:
+    """RTFx at the largest batch size that every measured row has (None: no row has one)."""
+    measured = [r for r in rows if r["wer"] is not None]
+    common = [key for key in throughput_columns(rows) if key.startswith(RTFX)
+              and all(r.get(key) is not None for r in measured)]
+    if not measured or not common:
+        return None
+    key = common[-1]
+    return Speed(key, True, f"RTFx, batch {key[len(RTFX):]} (audio s / compute s, log scale)")
 
-    def dominates(a: dict, b: dict) -> bool:
-        no_worse = a["wer"] <= b["wer"] and a["latency_ms_median"] <= b["latency_ms_median"]
-        return no_worse and (a["wer"] < b["wer"] or a["latency_ms_median"] < b["latency_ms_median"])
 
-    front = [r for r in scored if not any(dominates(other, r) for other in scored)]
-    return [r["variant"] for r in sorted(front, key=lambda r: r["latency_ms_median"])]
+def pareto_front(rows: list[dict], speed: Speed = LATENCY) -> list[str]:
+    """Variants that no other variant beats on both speed and WER (ties do not dominate), fastest first."""
+    sign = -1 if speed.higher_is_better else 1
+    scored = [(r, sign * r[speed.key]) for r in rows if r["wer"] is not None and r.get(speed.key) is not None]
+
+    def dominates(a: tuple[dict, float], b: tuple[dict, float]) -> bool:
+        (ra, ta), (rb, tb) = a, b
+        return ra["wer"] <= rb["wer"] and ta <= tb and (ra["wer"] < rb["wer"] or ta < tb)
+
+    front = [item for item in scored if not any(dominates(other, item) for other in scored)]
+    return [r["variant"] for r, _ in sorted(front, key=lambda item: item[1])]
 
 
-def plot_points(rows: list[dict], front: list[str]) -> list[dict]:
-    """The plotted points as records, for `dvc plots` (scatter: x=latency_ms_median, y=wer or wer_pct)."""
+def plot_points(rows: list[dict], front: list[str], throughput: Speed | None = None,
+                throughput_front: Sequence[str] = ()) -> list[dict]:
+    """The plotted points as records, for `dvc plots` (scatter: x=latency_ms_median or rtfx, y=wer or wer_pct)."""
     return [
         {
             "variant": r["variant"],
             "latency_ms_median": r["latency_ms_median"],
+            "rtfx": None if throughput is None else r.get(throughput.key),
             "wer": r["wer"],
             "wer_pct": None if r["wer"] is None else round(100 * r["wer"], 4),
             "size_mb": r["size_mb"],
             "pareto": r["variant"] in front,
+            "pareto_rtfx": r["variant"] in throughput_front,
         }
         for r in rows
     ]
@@ -127,8 +169,9 @@ def markdown_table(rows: list[dict]) -> str:
             return "–"
         return f"{value:.4g}" if isinstance(value, float) else str(value)
 
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(cell(r[c]) for c in COLUMNS) + " |" for r in rows]
+    columns = [c for c in rows[0] if c in COLUMNS or c.startswith((RTFX, STREAMS))] if rows else list(COLUMNS)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows]
     return "\n".join(lines)
 
 
@@ -137,39 +180,47 @@ def caption(metrics: list[dict]) -> str:
     kinds = sorted({s["kind"] for m in metrics for s in m.get("sets", {}).values()})
     untrained = any(m.get("model", {}).get("trained") is False for m in metrics)
     note = " — random weights: WER is noise" if untrained else ""
-    return f"WER over {' + '.join(kinds) or 'no'} speech, batch-1 latency{note}"
+    return f"WER over {' + '.join(kinds) or 'no'} speech{note}"
 
 
-def plot_pareto(points: list[dict], path: Path, title: str) -> None:
+def plot_pareto(points: list[dict], path: Path, title: str, throughput: Speed | None = None) -> None:
+    """One panel per speed axis: batch-1 latency, and RTFx when the rows measured it."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 
-    drawable = [p for p in points if p["wer_pct"] is not None]
-    largest = max((p["size_mb"] for p in drawable), default=1.0) or 1.0
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    for p in drawable:
-        is_fp32 = p["variant"] == FP32
-        ax.scatter(
-            p["latency_ms_median"], p["wer_pct"], s=40 + 460 * p["size_mb"] / largest, alpha=0.75,
-            color="tab:red" if is_fp32 else ("tab:blue" if p["pareto"] else "tab:gray"),
-            marker="*" if is_fp32 else "o", edgecolor="black", linewidth=0.5, zorder=3,
-        )
-        ax.annotate(p["variant"], (p["latency_ms_median"], p["wer_pct"]), textcoords="offset points", xytext=(6, 6),
-                    fontsize=8, fontweight="bold" if is_fp32 else "normal")
-    front = sorted((p for p in drawable if p["pareto"]), key=lambda p: p["latency_ms_median"])
-    if len(front) > 1:
-        ax.step([p["latency_ms_median"] for p in front], [p["wer_pct"] for p in front], where="post",
-                color="tab:blue", linestyle="--", linewidth=1, label="Pareto front", zorder=2)
-        ax.legend(loc="best", fontsize=8)
-    ax.set_xscale("log")
-    ax.set_xlabel("median latency, batch 1 (ms, log scale)")
-    ax.set_ylabel("WER (%)")
-    ax.set_title(title, fontsize=9)
-    ax.grid(True, which="both", alpha=0.3)
+    panels = [(LATENCY, "latency_ms_median", "pareto")]
+    if throughput is not None:
+        panels.append((throughput, "rtfx", "pareto_rtfx"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 4.5), dpi=120, squeeze=False)
+    for ax, (speed, x, on_front) in zip(axes[0], panels):
+        _panel(ax, [p for p in points if p["wer_pct"] is not None and p[x] is not None], speed, x, on_front)
+    fig.suptitle(title, fontsize=9)
     fig.text(0.99, 0.01, "marker area ∝ model size (MB); ★ = NeMo FP32", ha="right", fontsize=7, color="dimgray")
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
+
+
+def _panel(ax, drawable: list[dict], speed: Speed, x: str, on_front: str) -> None:
+    largest = max((p["size_mb"] for p in drawable), default=1.0) or 1.0
+    for p in drawable:
+        is_fp32 = p["variant"] == FP32
+        ax.scatter(
+            p[x], p["wer_pct"], s=40 + 460 * p["size_mb"] / largest, alpha=0.75,
+            color="tab:red" if is_fp32 else ("tab:blue" if p[on_front] else "tab:gray"),
+            marker="*" if is_fp32 else "o", edgecolor="black", linewidth=0.5, zorder=3,
+        )
+        ax.annotate(p["variant"], (p[x], p["wer_pct"]), textcoords="offset points", xytext=(6, 6),
+                    fontsize=8, fontweight="bold" if is_fp32 else "normal")
+    front = sorted((p for p in drawable if p[on_front]), key=lambda p: p[x])
+    if len(front) > 1:
+        ax.step([p[x] for p in front], [p["wer_pct"] for p in front], where="pre" if speed.higher_is_better else "post",
+                color="tab:blue", linestyle="--", linewidth=1, label="Pareto front", zorder=2)
+        ax.legend(loc="best", fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel(speed.label)
+    ax.set_ylabel("WER (%)")
+    ax.grid(True, which="both", alpha=0.3)

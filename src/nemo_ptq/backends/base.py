@@ -6,6 +6,7 @@ subclass, and registers it with `@register`. The pipeline drives it in three sta
     calibrate:  calibrate(fp32, calibration features, out_dir)  -> variant.json + the payload
     quantize:   quantize(fp32, calibration_dir, out_dir)        -> the INT8 artifact
     evaluate:   load(artifact_dir) -> Runner; runner(features) -> log-probs; describe(artifact_dir);
+                load_batch(artifact_dir) -> BatchRunner or None, for artifacts that mask padding;
                 load_waveform(artifact_dir) -> WaveformRunner or None, for artifacts that take audio
 
 A backend implements four methods: `observe` (write the calibration payload), `convert` (build
@@ -57,6 +58,14 @@ class Runner(Protocol):
     """A loaded model: features [1, feature_dim, frames] float32 -> log-probs [1, frames', vocab+1]."""
 
     def __call__(self, features: np.ndarray) -> np.ndarray: ...
+
+
+class BatchRunner(Protocol):
+    """A loaded model that masks padding: features [B, feature_dim, frames] zero-padded after each
+    row's `lengths` valid frames -> log-probs [B, frames', vocab+1] whose valid frames equal each
+    row run alone (frames past a row's own output length are undefined)."""
+
+    def __call__(self, features: np.ndarray, lengths: np.ndarray) -> np.ndarray: ...
 
 
 class WaveformRunner(Protocol):
@@ -151,6 +160,11 @@ class Backend(ABC):
     @abstractmethod
     def describe(self, artifact_dir: Path) -> ArtifactInfo:
         """Size on disk and the precision each weight layer really runs in."""
+
+    def load_batch(self, artifact_dir: Path, threads: int) -> BatchRunner | None:
+        """A runner that masks the padding of a batch inside the model, when the artifact has one
+        (None: its graph has no lengths input, so a padded batch's padding reaches the valid frames)."""
+        return None
 
     def load_waveform(self, artifact_dir: Path, threads: int) -> WaveformRunner | None:
         """The artifact's waveform-input model, when it has one (None: features only)."""

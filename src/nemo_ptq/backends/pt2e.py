@@ -140,21 +140,34 @@ class Pt2eBackend(Backend):
         (out_dir / COMPILE_LOG).write_text(json.dumps({"first_call_seconds": seconds}) + "\n")
 
     def load(self, artifact_dir: Path, threads: int):
+        return self._runners(artifact_dir, threads)[0]
+
+    def load_batch(self, artifact_dir: Path, threads: int):
+        return self._runners(artifact_dir, threads)[1] if self._masked else None
+
+    def _runners(self, artifact_dir: Path, threads: int):
+        """The batch-1 runner and, for a masked program, the padded-batch runner (both compile lazily)."""
         dynamic = self.config.shapes == "dynamic"
         compiled = _compiled(Path(artifact_dir) / PROGRAM, dynamic)
         bucket = self.config.bucket_frames
 
+        def masked(x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            with _compile_settings(threads, dynamic), torch.no_grad():
+                return compiled(torch.nn.functional.pad(x, (0, -x.shape[-1] % bucket)), lengths)
+
         def run(features: np.ndarray) -> np.ndarray:
             x = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
-            with _compile_settings(threads, dynamic), torch.no_grad():
-                if not self._masked:
+            if not self._masked:
+                with _compile_settings(threads, dynamic), torch.no_grad():
                     return compiled(x).numpy()
-                frames = x.shape[-1]
-                padded = torch.nn.functional.pad(x, (0, -frames % bucket))
-                log_probs, out_frames = compiled(padded, torch.full((x.shape[0],), frames))
-                return log_probs[:, : int(out_frames[0])].numpy()
+            log_probs, out_frames = masked(x, torch.full((x.shape[0],), x.shape[-1]))
+            return log_probs[:, : int(out_frames[0])].numpy()
 
-        return run
+        def run_batch(features: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+            x = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
+            return masked(x, torch.from_numpy(np.asarray(lengths, dtype=np.int64)))[0].numpy()
+
+        return run, run_batch
 
     def describe(self, artifact_dir: Path) -> ArtifactInfo:
         artifact_dir = Path(artifact_dir)
@@ -235,11 +248,12 @@ def _as_conv2d(conv: nn.Conv1d) -> nn.Conv2d:
 
 
 def _export(model: nn.Module, features: int, masked: bool) -> torch.export.ExportedProgram:
-    """One program for every length; `masked` adds the valid-frames input of the bucketed mode."""
-    frames = torch.export.Dim.AUTO  # the range the model allows (subsampling, position tables)
-    example = torch.randn(1, features, EXAMPLE_FRAMES)
-    inputs, shapes = ((example, torch.tensor([EXAMPLE_FRAMES])), ({2: frames}, None)) if masked else \
-        ((example,), ({2: frames},))
+    """One program for every batch size and length; `masked` adds the valid-frames input of the
+    bucketed mode. The example batch is 2: export would fix a dimension traced at size 1."""
+    auto = torch.export.Dim.AUTO  # the range the model allows (subsampling, position tables)
+    example = torch.randn(2, features, EXAMPLE_FRAMES)
+    inputs, shapes = ((example, torch.tensor([EXAMPLE_FRAMES] * 2)), ({0: auto, 2: auto}, {0: auto})) if masked \
+        else ((example,), ({0: auto, 2: auto},))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return torch.export.export(model, inputs, dynamic_shapes=shapes)

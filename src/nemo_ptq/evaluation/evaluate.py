@@ -16,6 +16,11 @@ Metrics (metrics/<variant>.json), headline numbers at the top level:
     int8_weight_layer_fraction, int8_weight_mac_fraction
                         share of the weight layers (conv, linear: the FP32 model's modules), by
                         count and by multiply-accumulates, that really run in INT8
+    rtfx_batch<b>, rtfx_streams<n>
+                        server throughput (audio s / compute s) on the eval utterances at each
+                        batch size and number of concurrent streams of `evaluate.throughput`;
+                        details, with each batch size's agreement with batch 1, under `throughput`
+                        (see nemo_ptq.evaluation.throughput)
     waveform_agreement  share of eval utterances whose transcript from the artifact's audio-input
                         model (the prepared WAV in, the model's preprocessor inside) equals the
                         feature path's; details under `deployment.waveform` (artifacts with one)
@@ -49,6 +54,8 @@ from nemo_ptq.evaluation.latency import latency_stats, time_in_blocks
 from nemo_ptq.evaluation.parity import waveform_parity
 from nemo_ptq.evaluation.scoring import score_sets
 from nemo_ptq.evaluation.sysinfo import system_info
+from nemo_ptq.evaluation.throughput import RunnerSpec, measure_throughput
+from nemo_ptq.evaluation.throughput import headline as throughput_headline
 from nemo_ptq.evaluation.transcripts import Transcript, read_hypotheses
 from nemo_ptq.models.card import read_card
 from nemo_ptq.params import EvaluateParams
@@ -170,6 +177,11 @@ def evaluate(
     deployment = {} if waveform_runner is None else {
         "waveform": waveform_parity(waveform_runner, runner, vocabulary, prepared.eval_sets, transcripts, progress)}
 
+    spec = RunnerSpec(variant, entry, Path(model_dir), None if artifact_dir is None else Path(artifact_dir))
+    run_batch = fp32_runner.batch if backend is None else backend.load_batch(Path(artifact_dir), params.threads)
+    throughput = measure_throughput(spec, runner, run_batch, prepared.eval_sets, vocabulary, params.throughput,
+                                    params.threads, progress)
+
     features = latency_features(model, params.latency_audio_s, int(card["sample_rate"]))
     calls = {FP32: lambda: fp32_runner(features)}
     if runner is not fp32_runner:
@@ -190,6 +202,7 @@ def evaluate(
         model_sha256=provenance.model_sha256(Path(model_dir) / MODEL_FILE),
         eval_sets=provenance.eval_sets(prepared),
         deployment=deployment,
+        throughput=throughput,
     )
     return Evaluation(metrics, transcripts)
 
@@ -197,7 +210,7 @@ def evaluate(
 def build_metrics(*, variant: str, backend: str, scores: dict, timings: dict[str, list[float]],
                   params: EvaluateParams, size_bytes: int, fp32_sizes: dict, info: ArtifactInfo | None,
                   card: Mapping[str, Any], model_sha256: str, eval_sets: list[dict],
-                  deployment: Mapping[str, dict] | None = None) -> dict:
+                  deployment: Mapping[str, dict] | None = None, throughput: Mapping[str, Any] | None = None) -> dict:
     """Headline numbers at the top level (what `dvc metrics show/diff` compares), details below.
 
     `dvc metrics show` turns every nested number and string into a column but skips lists, so
@@ -228,6 +241,8 @@ def build_metrics(*, variant: str, backend: str, scores: dict, timings: dict[str
     deployment = dict(deployment or {})
     if "waveform" in deployment:
         headline["waveform_agreement"] = deployment["waveform"]["agreement"]
+    if throughput is not None:
+        headline.update(throughput_headline(throughput))
     return {
         **_rounded(headline),
         "sets": _rounded(scores["sets"]),
@@ -242,6 +257,7 @@ def build_metrics(*, variant: str, backend: str, scores: dict, timings: dict[str
         },
         "size": {"bytes": size_bytes, **fp32_sizes},
         "deployment": _rounded(deployment),
+        "throughput": _rounded(dict(throughput or {})),
         "layers": [] if info is None else info.layers,  # by FP32 module path, with the backend's names
         "artifact_notes": "" if info is None else info.notes,
         "model": measured_model(card, model_sha256),

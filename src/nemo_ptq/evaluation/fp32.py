@@ -30,6 +30,12 @@ class NemoEagerRunner:
         with torch.inference_mode():
             return nemo_log_probs(self.model, torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))).numpy()
 
+    def batch(self, features: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """A zero-padded batch, padding masked by NeMo's encoder (a `BatchRunner`)."""
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
+            return nemo_log_probs(self.model, x, torch.from_numpy(np.asarray(lengths, dtype=np.int64))).numpy()
+
 
 def latency_features(model: Any, seconds: float, sample_rate: int) -> np.ndarray:
     """The fixed test signal through the model's own preprocessor, trimmed to the valid frames."""

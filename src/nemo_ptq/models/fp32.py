@@ -21,12 +21,14 @@ from nemo_ptq.models.fused import FusedCTC
 KIND_FILE = "fp32_kind.json"
 
 
-def nemo_log_probs(model: Any, features: torch.Tensor) -> torch.Tensor:
-    """NeMo's own FP32 forward from features: [B, feature_dim, frames] with all frames valid ->
-    log-probs [B, frames', vocabulary + 1]. What `EncDecCTCModel.forward` computes from processed
-    features; the one FP32 forward that evaluate, the fuse check and the benchmarks run."""
-    length = torch.full((features.shape[0],), features.shape[-1], dtype=torch.int64)
-    encoded, _ = model.encoder(audio_signal=features, length=length)
+def nemo_log_probs(model: Any, features: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+    """NeMo's own FP32 forward from features: [B, feature_dim, frames], each row's first `lengths`
+    frames valid (default: all) -> log-probs [B, frames', vocabulary + 1]. What
+    `EncDecCTCModel.forward` computes from processed features; the one FP32 forward that evaluate,
+    the fuse check and the benchmarks run."""
+    if lengths is None:
+        lengths = torch.full((features.shape[0],), features.shape[-1], dtype=torch.int64)
+    encoded, _ = model.encoder(audio_signal=features, length=lengths)
     return model.decoder(encoder_output=encoded)
 
 
