@@ -45,8 +45,7 @@ def main() -> None:
         throughput_front = [] if throughput is None else report.pareto_front(rows, throughput)
         points = report.plot_points(rows, front, throughput, throughput_front)
         report.plot_pareto(points, args.out_plot, report.caption(metrics), throughput)
-        summary = {"variants": {r["variant"]: r for r in rows}, "pareto_front": front,
-                   "pareto_front_rtfx": throughput_front, "rtfx_axis": None if throughput is None else throughput.key}
+        summary = {"variants": {r["variant"]: r for r in rows}, "pareto_front": front, "pareto_front_rtfx": throughput_front}
         for path, payload in (
             (args.out_points, points),
             # Keyed by variant (not a list) so `dvc metrics show` can display it.

@@ -120,7 +120,8 @@ def test_repro_writes_metrics_plots_and_mlflow_runs(project):
     for metrics in (fp32, onednn, ort_fp32):
         assert metrics["throughput"]["utterances"] == metrics["utterances"]
         assert {"rtfx_batch1", "rtfx_batch4", "rtfx_streams1"} <= set(metrics) and metrics["rtfx_batch4"] > 0
-    assert {"rtfx_batch4", "rtfx_streams1"} <= set(summary["variants"]["onednn"])
+    assert {"rtfx_batch4", "rtfx_streams1", "rtfx_best"} <= set(summary["variants"]["onednn"])
+    assert fp32["rtfx_best"] == max(fp32["rtfx_batch1"], fp32["rtfx_batch4"], fp32["rtfx_streams1"])
 
     import mlflow
 

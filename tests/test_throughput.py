@@ -118,7 +118,10 @@ def test_nemo_fp32_masks_padding_and_streams_run_in_their_own_processes(fp32_mod
     assert result["streams"]["2"]["threads_per_stream"] == 1
     for streams in result["streams"].values():
         assert streams["rtfx"] > 0 and streams["latency_ms_p90"] >= streams["latency_ms_median"] > 0
-    assert set(headline(result)) == {"rtfx_batch1", "rtfx_batch4", "rtfx_streams1", "rtfx_streams2"}
+    figures = headline(result)
+    assert set(figures) == {"rtfx_batch1", "rtfx_batch4", "rtfx_streams1", "rtfx_streams2", "batch_agreement",
+                            "rtfx_best", "rtfx_best_setting"}
+    assert figures["rtfx_best"] == max(v for k, v in figures.items() if k.startswith("rtfx_") and k != "rtfx_best")
     unmasked_result = measure_throughput(spec, runner, None, [prepared_set], vocabulary,
                                          ThroughputParams(batch_sizes=(1,), streams=(1,), timed_passes=1), 1,
                                          progress=False)
@@ -130,3 +133,12 @@ def test_a_stream_that_cannot_load_fails_the_measurement(fp32_model_dir, tmp_pat
     spec = RunnerSpec("fp32", None, tmp_path / "no-model", None)
     with pytest.raises(Exception):
         measure_streams(spec, prepared_set.utterances(), 2, 2)
+
+
+def test_the_best_rtfx_counts_only_settings_that_keep_the_transcripts():
+    measured = {"batch": {"1": {"rtfx": 10.0, "agreement": 1.0}, "4": {"rtfx": 30.0, "agreement": 0.995},
+                          "16": {"rtfx": 50.0, "agreement": 0.4}},
+                "streams": {"2": {"rtfx": 20.0}}}
+    figures = headline(measured)
+    assert figures["rtfx_best"] == 30.0 and figures["rtfx_best_setting"] == "batch 4"
+    assert figures["batch_agreement"] == 0.4 and figures["rtfx_batch16"] == 50.0  # measured, but not the best
