@@ -33,6 +33,8 @@ VARIANTS = {
     "Eager INT8 onednn (histogram)": {"backend": "eager", "engine": "onednn"},
     "ORT FP32": {"backend": "ort", "precision": "fp32"},
     "ORT INT8 (avx512_vnni, minmax)": {"backend": "ort", "preset": "avx512_vnni"},
+    "ORT INT8 (avx512_vnni, minmax, attention MatMuls too)": {
+        "backend": "ort", "preset": "avx512_vnni", "attention_matmuls": True},
     "ORT INT8 quantize_static defaults": {"backend": "ort", "preset": "ort_defaults"},
     "PT2E INT8 (X86InductorQuantizer, compiled per 2 s length bucket, masked)": {"backend": "pt2e"},
     "PT2E INT8 (compiled with dynamic shapes)": {"backend": "pt2e", "shapes": "dynamic"},
@@ -46,7 +48,8 @@ VARIANTS = {
 
 # Conformer: the ORT preset quantizes weight layers only (its residual adds cost accuracy, README).
 ARCH_OVERRIDES = {
-    "conformer_ctc_small": {"ORT INT8 (avx512_vnni, minmax)": {"op_types_to_quantize": ["Conv", "MatMul", "Gemm"]}},
+    "conformer_ctc_small": {label: {"op_types_to_quantize": ["Conv", "MatMul", "Gemm"]} for label in (
+        "ORT INT8 (avx512_vnni, minmax)", "ORT INT8 (avx512_vnni, minmax, attention MatMuls too)")},
 }
 
 

@@ -78,6 +78,18 @@ def test_conformer_ort_keeps_softmax_layernorm_and_attention_products_float(tmp_
     ops = [node.op_type for node in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
     assert "Softmax" in ops and "LayerNormalization" in ops and "QLinearSoftmax" not in ops
     assert ops.count("MatMul") >= 4  # Q.K^T and attention x V, two layers: float
+    # per layer: content scores, relative-position scores, weighted sum of the values
+    assert "attention products (MatMuls of two activations) in INT8: 0 of 6" in info.notes
+
+
+def test_conformer_ort_can_run_the_attention_products_in_int8(tmp_path, conformer):
+    _, wrapped, card = conformer
+    entry = {"backend": "ort", **CONFORMER_ORT, "attention_matmuls": True}
+    quantizer, log_probs, reference = _quantize_and_run(tmp_path, wrapped, card, entry)
+    _check_output(log_probs, reference, card)
+    info = quantizer.describe(tmp_path / "q")
+    assert "attention products (MatMuls of two activations) in INT8: 6 of 6" in info.notes
+    assert {name for name, p in info.layer_precisions.items() if p != "int8"} == {"decoder.decoder_layers.0"}
 
 
 def test_conformer_ov_reports_what_stays_float(tmp_path, conformer):

@@ -121,7 +121,7 @@ def test_nemo_fp32_masks_padding_and_streams_run_in_their_own_processes(fp32_mod
     figures = headline(result)
     assert set(figures) == {"rtfx_batch1", "rtfx_batch4", "rtfx_streams1", "rtfx_streams2", "batch_agreement",
                             "rtfx_best", "rtfx_best_setting"}
-    assert figures["rtfx_best"] == max(v for k, v in figures.items() if k.startswith("rtfx_") and k != "rtfx_best")
+    assert figures["rtfx_best"] == max(v for k, v in figures.items() if k.startswith(("rtfx_batch", "rtfx_streams")))
     unmasked_result = measure_throughput(spec, runner, None, [prepared_set], vocabulary,
                                          ThroughputParams(batch_sizes=(1,), streams=(1,), timed_passes=1), 1,
                                          progress=False)

@@ -91,6 +91,9 @@ class OrtConfig:
     # 8-bit logits, whose coarse steps flip the argmax of near-tied frames (< 1 % of the MACs).
     float_logits: bool | None = None
     nodes_to_exclude: list[str] = field(default_factory=list)  # ONNX node names kept in FP32
+    # With a chosen op list, MatMuls of two activations (attention scores, their weighted sums)
+    # stay float unless this is true; then they run as INT8 QLinearMatMul on calibrated ranges.
+    attention_matmuls: bool = False
     calibration: OrtCalibration = field(default_factory=OrtCalibration)
 
     def __post_init__(self) -> None:
@@ -101,7 +104,7 @@ class OrtConfig:
             if getattr(self, key) is None:
                 object.__setattr__(self, key, value)
         check_choices(self, {"activation_type": QUANT_TYPES, "weight_type": QUANT_TYPES})
-        check_flags(self, ("per_channel", "reduce_range", "preprocess", "float_logits"))
+        check_flags(self, ("per_channel", "reduce_range", "preprocess", "float_logits", "attention_matmuls"))
         for key in ("nodes_to_exclude", "op_types_to_quantize"):
             value = getattr(self, key)
             if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
@@ -182,7 +185,7 @@ class OrtBackend(Backend):
                                                    f"({', '.join(unknown[:3])}, ...)")
         qtype = {"u8": QuantType.QUInt8, "s8": QuantType.QInt8}
         exclude = list(self.config.nodes_to_exclude)
-        if self.config.op_types_to_quantize:  # a chosen op list: attention products stay float too
+        if self.config.op_types_to_quantize and not self.config.attention_matmuls:  # products stay float
             exclude += _activation_matmuls(graph)
         if self.config.float_logits:
             exclude.append(logits_layer(graph))
@@ -234,13 +237,17 @@ class OrtBackend(Backend):
             optimized = Path(tmp) / "optimized.onnx"
             _session(artifact_dir / MODEL, 1, optimized_path=optimized)
             names = [name for layer in table.values() for name in layer.runtime_names]
-            precisions = runtime_precisions(onnx.load(str(optimized)), names)
+            optimized_model = onnx.load(str(optimized))
+            precisions = runtime_precisions(optimized_model, names)
+            int8_products, products = attention_products(optimized_model)
         return ArtifactInfo.from_table(
             table, precisions,
             size_bytes=sum((artifact_dir / name).stat().st_size for name in (MODEL, TOKENS)),
             notes=f"onnxruntime CPU, {self.config.precision}, preset {self.config.preset}; precisions read from "
                   f"ORT's optimized graph (QLinearConv = int8); size counts {MODEL} (features in), not the "
-                  f"alternative {WAVEFORM_MODEL} (audio in)",
+                  f"alternative {WAVEFORM_MODEL} (audio in)"
+                  + (f"; attention products (MatMuls of two activations) in INT8: {int8_products} of {products}"
+                     if products else ""),
         )
 
 
@@ -265,6 +272,17 @@ def _activation_matmuls(model: onnx.ModelProto) -> list[str]:
     constants |= {out for node in model.graph.node if node.op_type == "Constant" for out in node.output}
     return [node.name for node in model.graph.node
             if node.op_type == "MatMul" and not any(name in constants for name in node.input)]
+
+
+def attention_products(optimized: onnx.ModelProto) -> tuple[int, int]:
+    """(INT8, all) MatMuls of two activations in ORT's optimized graph: QLinearMatMul whose
+    operands (inputs 0 and 3) are both computed, and float MatMuls with no constant operand."""
+    constants = {init.name for init in optimized.graph.initializer}
+    int8 = sum(1 for node in optimized.graph.node if node.op_type == "QLinearMatMul"
+               and node.input[0] not in constants and node.input[3] not in constants)
+    float_ = sum(1 for node in optimized.graph.node if node.op_type == "MatMul"
+                 and not any(name in constants for name in node.input))
+    return int8, int8 + float_
 
 
 def logits_layer(model: onnx.ModelProto) -> str:
