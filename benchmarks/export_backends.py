@@ -16,6 +16,7 @@ interquartile ranges are reported.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import tempfile
@@ -164,7 +165,7 @@ def main() -> None:
               f"{row.get('int8_weight_layers', '-')} | {row.get('int8_weight_macs', '-')} | {row.get('size_mb', '-')} | {ratio} |")
     if args.out:
         args.out.write_text(json.dumps({"arch": args.arch, "frames": args.frames, "threads": args.threads,
-                                        "cpu": cpu,
+                                        "cpu": dataclasses.asdict(cpu),
                                         "runs": args.runs, "fp32_weight_bytes": fp32_bytes, "rows": rows},
                                        indent=1) + "\n")
 

@@ -119,8 +119,8 @@ def main() -> None:
     if args.out:
         args.out.write_text(json.dumps({
             "arch": args.arch, "threads": args.threads, "utterances": len(utterances), "audio_s": audio_s,
-            "lengths_s": [args.min_s, args.max_s], "params": asdict(params), "cpu": cpu, "builds": infos,
-            "results": results}, indent=1, default=str) + "\n")
+            "lengths_s": [args.min_s, args.max_s], "params": asdict(params), "cpu": asdict(cpu), "builds": infos,
+            "results": results}, indent=1) + "\n")
 
 
 if __name__ == "__main__":
