@@ -190,6 +190,45 @@ def test_pt2e_buckets_pad_and_mask_to_the_per_length_result(tmp_path, tiny_fused
     assert np.abs(padded_run - exact_run).max() < 0.05
 
 
+@pytest.mark.parametrize("precision", ["int8", "fp32"])
+def test_ort_mask_padding_gives_each_row_of_a_padded_batch_its_own_output(tmp_path, tiny_fused, precision):
+    """mask_padding exports the rewrite with its length input used: in a zero-padded batch the
+    shorter row's valid frames are what it gives alone, where the plain graph's are not; the INT8
+    coverage is the plain graph's."""
+    from nemo_ptq.evaluation.throughput import pad_batch
+
+    entry = {"backend": "ort", "precision": precision, **({"calibration": CALIBRATION} if precision == "int8" else {})}
+    plain, plain_artifact = _build(tmp_path / "plain", tiny_fused, entry)
+    masked, masked_artifact = _build(tmp_path / "masked", tiny_fused, {**entry, "mask_padding": True})
+    long, short = _features(1, 320, seed=4)[0], _features(1, 210, seed=5)[0]
+    batch, lengths = pad_batch([long, short])
+    assert plain.load_batch(plain_artifact, threads=1) is None
+    run, run_batch = masked.load(masked_artifact, threads=1), masked.load_batch(masked_artifact, threads=1)
+    for row, features in enumerate((long, short)):
+        alone = run(features[None])[0]
+        assert np.abs(run_batch(batch, lengths)[row, : alone.shape[0]] - alone).max() < 1e-4
+    short_alone = plain.load(plain_artifact, threads=1)(short[None])[0]
+    leaked = plain.load(plain_artifact, threads=1)(batch)[1, : short_alone.shape[0]]
+    assert np.abs(leaked - short_alone).max() > 1e-2  # without masking the padding reaches the short row
+    assert masked.describe(masked_artifact).layer_precisions == plain.describe(plain_artifact).layer_precisions
+    inputs = [i.name for i in onnx.load(str(masked_artifact / "model.onnx")).graph.input]
+    assert inputs == ["audio_signal", "length"]
+
+
+def test_ort_mask_padding_needs_the_quartznet_rewrite(tmp_path, citrinet):
+    from nemo_ptq.errors import UnsupportedModelError
+
+    _, wrapped, card = citrinet
+    backend = get_backend("v", {"backend": "ort", "precision": "fp32", "mask_padding": True}, card)
+    with pytest.raises(UnsupportedModelError, match="mask_padding: false"):
+        backend.quantize(wrapped, _calibrated_nothing(backend, wrapped, tmp_path), tmp_path / "q")
+
+
+def _calibrated_nothing(backend, fp32, tmp_path):
+    backend.calibrate(fp32, iter([]), tmp_path / "cal")
+    return tmp_path / "cal"
+
+
 def test_pt2e_archive_deflates_the_graph_and_stores_each_zero_point_once(tmp_path, tiny_fused):
     """The saved program keeps its INT8 weights stored raw and 64-byte aligned, its JSON graph
     deflated, and the weights' all-zero zero points as one record; stock torch.export.load reads

@@ -94,6 +94,9 @@ class OrtConfig:
     # With a chosen op list, MatMuls of two activations (attention scores, their weighted sums)
     # stay float unless this is true; then they run as INT8 QLinearMatMul on calibrated ranges.
     attention_matmuls: bool = False
+    # Export the QuartzNet/Jasper rewrite with its padding masked: model.onnx then uses its `length`
+    # input, so a zero-padded batch gives each row its own output (load_batch); a few ops more.
+    mask_padding: bool = False
     calibration: OrtCalibration = field(default_factory=OrtCalibration)
 
     def __post_init__(self) -> None:
@@ -104,7 +107,8 @@ class OrtConfig:
             if getattr(self, key) is None:
                 object.__setattr__(self, key, value)
         check_choices(self, {"activation_type": QUANT_TYPES, "weight_type": QUANT_TYPES})
-        check_flags(self, ("per_channel", "reduce_range", "preprocess", "float_logits", "attention_matmuls"))
+        check_flags(self, ("per_channel", "reduce_range", "preprocess", "float_logits", "attention_matmuls",
+                           "mask_padding"))
         for key in ("nodes_to_exclude", "op_types_to_quantize"):
             value = getattr(self, key)
             if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
@@ -122,7 +126,8 @@ class OrtBackend(Backend):
 
     def _fp32_onnx(self, fp32: nn.Module, work_dir: Path) -> Path:
         """The FP32 ONNX model quantization starts from (pre-processed when configured)."""
-        path = export.export_onnx(fp32, work_dir / "exported.onnx", export.feature_dim(fp32, self.card))
+        path = export.export_onnx(fp32, work_dir / "exported.onnx", export.feature_dim(fp32, self.card),
+                                  masked=self.config.mask_padding)
         if not self.config.preprocess:
             return path
         from onnxruntime.quantization import quant_pre_process
@@ -142,7 +147,10 @@ class OrtBackend(Backend):
             model = self._fp32_onnx(fp32, Path(tmp))
             calibrator = self._calibrator(model, Path(tmp) / "augmented.onnx")
             for feats in features:  # one utterance per call: memory stays at one utterance
-                calibrator.collect_data(_Reader({export.INPUT: feats[None].astype(np.float32)}))
+                feed = export.deployment_feed(feats[None])
+                if not self.config.mask_padding:
+                    del feed[export.LENGTH]  # the unmasked export has no length input until convert adds it
+                calibrator.collect_data(_Reader(feed))
             save_tensors_data(calibrator.compute_data(), payload)
 
     def _calibrator(self, model: Path, augmented: Path):
@@ -216,6 +224,18 @@ class OrtBackend(Backend):
 
         def run(features: np.ndarray) -> np.ndarray:
             return session.run(None, export.deployment_feed(features))[0]
+
+        return run
+
+    def load_batch(self, artifact_dir: Path, threads: int):
+        if not self.config.mask_padding:
+            return None
+        session = _session(Path(artifact_dir) / MODEL, threads)
+
+        def run(features: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+            feed = {export.INPUT: np.ascontiguousarray(features, dtype=np.float32),
+                    export.LENGTH: np.asarray(lengths, dtype=np.int64)}
+            return session.run(None, feed)[0]
 
         return run
 

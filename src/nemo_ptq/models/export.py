@@ -4,7 +4,10 @@ The exported graph maps audio_signal [batch, feature_dim, frames] (log-mel featu
 logprobs [batch, frames', vocab + 1] with dynamic batch and time axes; the names are those of
 NeMo's own ONNX export. For `FusedCTC` the QuantStub/DeQuantStub are identities in FP32; for
 `NemoCTC` NeMo's masking is already off. A deployable model also takes `length` [batch] (int64)
-as its second input, as sherpa-onnx's NeMo CTC runtime feeds it; masking is off, so it is unused.
+as its second input, as sherpa-onnx's NeMo CTC runtime feeds it; masking is off, so it is unused,
+except in the masked export of the QuartzNet/Jasper rewrite (`masked=True`), which zeroes each
+row's frames past `length` before every conv that mixes frames, as NeMo's MaskedConv1d does, so a
+padded batch gives each row the output it has alone.
 Besides the graph, a deployment needs the vocabulary (`tokens.txt`, sherpa-onnx style) and the
 feature settings (ONNX `metadata_props`, with sherpa-onnx's keys), taken from the model card.
 """
@@ -56,18 +59,43 @@ def grow_length_caches(module: nn.Module, frames: int = MAX_FRAMES) -> None:
         encoder.update_max_sequence_length(seq_length=frames, device=torch.device("cpu"))
 
 
-def export_onnx(module: nn.Module, path: Path, features: int, example_frames: int = 200) -> Path:
-    """Export to ONNX (TorchScript exporter: the dynamo one needs onnxscript, not installed)."""
+MASKED_SCOPE = "model"  # MaskedLogProbs' attribute holding the rewrite: the first part of its nodes' scopes
+
+
+class MaskedLogProbs(nn.Module):
+    """A QuartzNet/Jasper rewrite with its padding masked: (features, length) -> log-probs."""
+
+    def __init__(self, fused: nn.Module):
+        super().__init__()
+        if not hasattr(fused, "masked_logits"):
+            raise UnsupportedModelError(f"masking padding in the exported graph needs the QuartzNet/Jasper rewrite, "
+                                        f"which {type(fused).__name__} is not: set mask_padding: false")
+        self.model = fused
+
+    def forward(self, features: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
+        logits, _ = self.model.masked_logits(features, length)
+        return torch.log_softmax(logits.transpose(1, 2).float(), dim=-1)
+
+
+def export_onnx(module: nn.Module, path: Path, features: int, example_frames: int = 200,
+                masked: bool = False) -> Path:
+    """Export to ONNX (TorchScript exporter: the dynamo one needs onnxscript, not installed);
+    `masked`: the rewrite with its `length` input masking the padding (MaskedLogProbs)."""
     grow_length_caches(module)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    example = torch.randn(1, features, example_frames)
+    if masked:  # a batch of two lengths, so no shape is traced as a constant
+        module = MaskedLogProbs(module)
+        example = (torch.randn(2, features, example_frames), torch.tensor([example_frames, example_frames * 3 // 4]))
+        names, axes = [INPUT, LENGTH], {INPUT: {0: "batch", 2: "frames"}, LENGTH: {0: "batch"}}
+    else:
+        example, names, axes = (torch.randn(1, features, example_frames),), [INPUT], {INPUT: {0: "batch", 2: "frames"}}
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            module.eval(), (example,), str(path), dynamo=False, opset_version=OPSET,
-            input_names=[INPUT], output_names=[OUTPUT],
-            dynamic_axes={INPUT: {0: "batch", 2: "frames"}, OUTPUT: {0: "batch", 1: "out_frames"}},
+            module.eval(), example, str(path), dynamo=False, opset_version=OPSET,
+            input_names=names, output_names=[OUTPUT],
+            dynamic_axes={**axes, OUTPUT: {0: "batch", 1: "out_frames"}},
         )
     model = onnx.load(str(path))
     _inline_shared_initializers(model)
@@ -106,11 +134,14 @@ def _inline_shared_initializers(model: onnx.ModelProto) -> None:
 
 def onnx_layer_names(model: onnx.ModelProto, layers: Iterable[str]) -> dict[str, list[str]]:
     """The Conv/MatMul/Gemm nodes of an exported model by the module path (in `layers`, the FP32
-    model's weight-layer table) whose forward emitted them, read from each node's scope name."""
+    model's weight-layer table) whose forward emitted them, read from each node's scope name
+    (less MaskedLogProbs' own scope in a masked export)."""
     names: dict[str, list[str]] = {}
+    masked = any(graph_input.name == LENGTH for graph_input in model.graph.input)
     for node in model.graph.node:
         if node.op_type in WEIGHT_OPS:
-            path = scope_path(node.name.strip("/").split("/")[:-1], layers)
+            scope = node.name.strip("/").split("/")[:-1]
+            path = scope_path(scope[1:] if masked and scope[:1] == [MASKED_SCOPE] else scope, layers)
             if path is not None:
                 names.setdefault(path, []).append(node.name)
     return names

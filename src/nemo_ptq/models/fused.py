@@ -120,7 +120,11 @@ class FusedBlock(nn.Module):
         # The last residual add carries the block's ReLU (quantized add_relu is one kernel).
         self.adds = nn.ModuleList(FloatFunctional() for _ in spec.residuals)
 
-    def forward(self, xs: list[torch.Tensor]) -> list[torch.Tensor]:
+    def forward(self, xs: list[torch.Tensor], lengths: torch.Tensor | None = None):
+        """The block's outputs; with `lengths`, masked (see `masked`) and returned with the output lengths.
+        Called, not `masked` directly, so that an ONNX export scopes the block's nodes by its name."""
+        if lengths is not None:
+            return self.masked(xs, lengths)
         return self._residual_sum(xs, self.body(xs[-1]), [residual(x) for residual, x in zip(self.residuals, xs)])
 
     def masked(self, xs: list[torch.Tensor], lengths: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -165,7 +169,7 @@ class FusedCTC(nn.Module):
         each row's valid output frames equal that row run alone; returns them with their lengths."""
         xs = [self.quant(features)]
         for block in self.blocks:
-            xs, lengths = block.masked(xs, lengths)
+            xs, lengths = block(xs, lengths)
         return self.decoder(self.dequant(xs[-1])), lengths
 
     def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
