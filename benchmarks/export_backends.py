@@ -34,6 +34,7 @@ VARIANTS = {
     "Eager INT8 onednn (histogram)": {"backend": "eager", "engine": "onednn"},
     "ORT FP32": {"backend": "ort", "precision": "fp32"},
     "ORT INT8 (avx512_vnni, minmax)": {"backend": "ort", "preset": "avx512_vnni"},
+    "ORT INT8 (avx512_vnni, minmax, padding masked)": {"backend": "ort", "preset": "avx512_vnni", "mask_padding": True},
     "ORT INT8 (avx512_vnni, minmax, attention MatMuls too)": {
         "backend": "ort", "preset": "avx512_vnni", "attention_matmuls": True},
     "ORT INT8 quantize_static defaults": {"backend": "ort", "preset": "ort_defaults"},

@@ -52,6 +52,7 @@ def main() -> None:
     parser.add_argument("--timed-passes", type=int, default=3)
     parser.add_argument("--calibration-utterances", type=int, default=8)
     parser.add_argument("--only", nargs="*", default=[], help="keep variants whose label contains a word")
+    parser.add_argument("--skip-nemo", action="store_true", help="leave out NeMo's FP32 model (slow on big models)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     quiet_environment()
@@ -85,7 +86,8 @@ def main() -> None:
         runners, infos = exporting["prepare_runners"](quantizable, card, work, args.threads, calibration, args.only,
                                                       exporting["ARCH_OVERRIDES"].get(args.arch, {}))
         fp32 = NemoEagerRunner(model)
-        measured = {"NeMo FP32 eager": (fp32, fp32.batch, RunnerSpec("fp32", None, model_dir, None))}
+        measured = {} if args.skip_nemo else {
+            "NeMo FP32 eager": (fp32, fp32.batch, RunnerSpec("fp32", None, model_dir, None))}
         for label, runner in runners.items():
             entry = {**exporting["VARIANTS"][label], **exporting["ARCH_OVERRIDES"].get(args.arch, {}).get(label, {})}
             if entry.get("precision", "int8") == "int8":
