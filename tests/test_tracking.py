@@ -154,4 +154,4 @@ def test_runs_name_their_calibration_and_the_experiment_opens_on_the_runs_table(
 def test_view_columns_are_metrics_that_evaluate_writes():
     metrics = json.loads((Path(__file__).resolve().parents[1] / "metrics" / "onednn.json").read_text())
     shown = {name.partition(".")[2] for name in tracking.VIEW_COLUMNS if name.startswith("metrics.")}
-    assert len(shown) == 5 and shown <= set(tracking.numeric(tracking.flatten(metrics)))
+    assert len(shown) == 6 and shown <= set(tracking.numeric(tracking.flatten(metrics)))

@@ -47,7 +47,7 @@ VIEW_KEY = "nemo-ptq"
 VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
 # Columns in this order, calibration first: a sweep's settings next to its fidelity (wer_vs_fp32).
 VIEW_COLUMNS = ("tags.calibration", "metrics.wer_vs_fp32", "metrics.wer", "metrics.latency_ms_median",
-                "metrics.speedup_vs_fp32", "metrics.size_ratio_vs_fp32", "tags.backend_options")
+                "metrics.speedup_vs_fp32", "metrics.rtfx_best", "metrics.size_ratio_vs_fp32", "tags.backend_options")
 VIEW_WIDTHS = {"attributes.Run Name": 150, "runDateAndNestInfo": 110, "tags.calibration": 420,
                "metrics.wer_vs_fp32": 100, "metrics.wer": 80}  # pixels: wer_vs_fp32 in a 1600-pixel window
 
