@@ -44,7 +44,6 @@ def main() -> None:
     from nemo_ptq.data.features import FeatureExtractor
     from nemo_ptq.data.manifest import read_manifest
     from nemo_ptq.data.prepared import PreparedData
-    from nemo_ptq.data.text import normalize_text
     from nemo_ptq.evaluation.decoding import CtcVocabulary
     from nemo_ptq.evaluation.wer import wer
     from nemo_ptq.models.card import read_card
@@ -76,7 +75,7 @@ def main() -> None:
     pool = PreparedData.load(Path("data/prepared")).calibration_set.utterances()
     with torch.inference_mode():
         reference = [fp32(torch.from_numpy(f)[None]).numpy()[0] for f in dev]
-    reference_text = [normalize_text(vocabulary.decode(r), vocabulary.characters) for r in reference]
+    reference_text = [vocabulary.transcript(r) for r in reference]
 
     print(f"{len(dev)} utterances from {args.manifest}; calibration pool: {len(pool)} utterances\n")
     print("| variant | WER vs FP32 | frame argmax agreement | build s |")
@@ -92,7 +91,7 @@ def main() -> None:
             run = backend.load(Path(tmp) / name / "q", threads=args.threads)
             outputs = [run(f[None])[0] for f in dev]
             agreement = np.concatenate([o.argmax(-1) == r.argmax(-1) for o, r in zip(outputs, reference)]).mean()
-            changed = wer(reference_text, [normalize_text(vocabulary.decode(o), vocabulary.characters) for o in outputs])
+            changed = wer(reference_text, [vocabulary.transcript(o) for o in outputs])
             print(f"| {name} | {changed:.1%} | {agreement:.2%} | {build_s:.0f} |", flush=True)
 
 

@@ -146,9 +146,20 @@ class Pt2eBackend(Backend):
         return self._runners(artifact_dir, threads)[1] if self._masked else None
 
     def _runners(self, artifact_dir: Path, threads: int):
-        """The batch-1 runner and, for a masked program, the padded-batch runner (both compile lazily)."""
+        """The batch-1 runner and, for a masked program, the padded-batch runner (both compile lazily),
+        loaded once per program file and threads: load and load_batch share one compiled program."""
+        _require_compiler()  # before the file: a missing compiler is the error to report
+        program = Path(artifact_dir) / PROGRAM
+        stat = program.stat()
+        key = (str(program.resolve()), stat.st_mtime_ns, stat.st_size, threads)
+        loaded = self.__dict__.setdefault("_loaded", {})
+        if key not in loaded:
+            loaded[key] = self._compiled_runners(program, threads)
+        return loaded[key]
+
+    def _compiled_runners(self, program: Path, threads: int):
         dynamic = self.config.shapes == "dynamic"
-        compiled = _compiled(Path(artifact_dir) / PROGRAM, dynamic)
+        compiled = _compiled(program, dynamic)
         bucket = self.config.bucket_frames
 
         def masked(x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

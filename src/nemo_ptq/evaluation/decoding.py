@@ -13,7 +13,7 @@ from functools import cached_property
 
 import numpy as np
 
-from nemo_ptq.data.text import model_characters
+from nemo_ptq.data.text import model_characters, normalize_text
 from nemo_ptq.errors import DataError
 
 WORD_MARKER = "\u2581"  # sentencepiece's "▁"
@@ -70,3 +70,7 @@ class CtcVocabulary:
                 "plus blank: the artifact and data/model/card.json come from different models"
             )
         return self.decode_ids(log_probs.argmax(axis=-1))
+
+    def transcript(self, log_probs: np.ndarray) -> str:
+        """The decoded text normalized as the references are: what every transcript is scored on."""
+        return normalize_text(self.decode(log_probs), self.characters)

@@ -21,6 +21,9 @@ Metrics (metrics/<variant>.json), headline numbers at the top level:
                         batch size and number of concurrent streams of `evaluate.throughput`;
                         details, with each batch size's agreement with batch 1, under `throughput`
                         (see nemo_ptq.evaluation.throughput)
+    batch_agreement, rtfx_best, rtfx_best_setting
+                        share of transcripts equal to batch 1's at the largest batch size; the
+                        highest RTFx of a setting that keeps them (>= 99 %, or streams), and which
     waveform_agreement  share of eval utterances whose transcript from the artifact's audio-input
                         model (the prepared WAV in, the model's preprocessor inside) equals the
                         feature path's; details under `deployment.waveform` (artifacts with one)
@@ -46,7 +49,6 @@ from nemo_ptq import cpu, provenance
 from nemo_ptq.backends import get_backend
 from nemo_ptq.backends.base import ArtifactInfo, Backend, Runner
 from nemo_ptq.data.prepared import PreparedData, PreparedSet
-from nemo_ptq.data.text import normalize_text
 from nemo_ptq.errors import ConfigError, DataError
 from nemo_ptq.evaluation.decoding import CtcVocabulary
 from nemo_ptq.evaluation.fp32 import MODEL_FILE, NemoEagerRunner, latency_features, load_fp32, state_dict_bytes
@@ -122,8 +124,7 @@ def transcribe(runner: Runner, vocabulary: CtcVocabulary, sets: Sequence[Prepare
                 f"{utt.features_path} has shape {features.shape}, expected [{feature_dim}, frames]: "
                 "the prepared data was made for another model, rerun dvc repro prepare"
             )
-        hypothesis = normalize_text(vocabulary.decode(runner(features[None].astype("float32"))),
-                                    vocabulary.characters)
+        hypothesis = vocabulary.transcript(runner(features[None].astype("float32")))
         transcripts[prepared_set.name].append(Transcript(utt.id, utt.text_norm, hypothesis, utt.duration))
     return transcripts
 

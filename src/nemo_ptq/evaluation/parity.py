@@ -17,7 +17,6 @@ from tqdm import tqdm
 
 from nemo_ptq.backends.base import Runner, WaveformRunner
 from nemo_ptq.data.prepared import PreparedSet
-from nemo_ptq.data.text import normalize_text
 from nemo_ptq.errors import DataError
 from nemo_ptq.evaluation.decoding import CtcVocabulary
 from nemo_ptq.evaluation.transcripts import Transcript
@@ -47,7 +46,7 @@ def waveform_parity(waveform_runner: WaveformRunner, runner: Runner, vocabulary:
             frame_mismatches += 1
         else:
             max_diff = max(max_diff, float(np.abs(from_audio - from_features).max()))
-        hypothesis = normalize_text(vocabulary.decode(from_audio), vocabulary.characters)
+        hypothesis = vocabulary.transcript(from_audio)
         identical += hypothesis == hypotheses[(set_name, utt.id)]
     return {
         "utterances": len(work),

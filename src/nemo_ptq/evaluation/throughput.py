@@ -33,7 +33,6 @@ from tqdm import tqdm
 
 from nemo_ptq.backends.base import BatchRunner, Runner
 from nemo_ptq.data.prepared import PreparedSet, Utterance
-from nemo_ptq.data.text import normalize_text
 from nemo_ptq.evaluation.decoding import CtcVocabulary
 from nemo_ptq.params import ThroughputParams
 
@@ -98,7 +97,7 @@ def measure_batches(
     """Per batch size: RTFx (audio / median timed pass), agreement with batch 1, padding share.
     `runner` (batch 1, unpadded) gives the reference each row is cut to and compared with."""
     reference = [runner(f[None])[0] for f in features]
-    reference_text = [_transcript(vocabulary, log_probs) for log_probs in reference]
+    reference_text = [vocabulary.transcript(log_probs) for log_probs in reference]
     frames = [f.shape[-1] for f in features]
     audio_s = float(sum(durations))
     results = {}
@@ -110,7 +109,7 @@ def measure_batches(
             log_probs = run_batch(x, lengths)
             for row, i in enumerate(batch):
                 valid = log_probs[row, : reference[i].shape[0]]
-                identical += _transcript(vocabulary, valid) == reference_text[i]
+                identical += vocabulary.transcript(valid) == reference_text[i]
                 diff = max(diff, float(np.abs(valid - reference[i]).max()))
         seconds = []
         for _ in tqdm(range(params.timed_passes), desc=f"throughput batch {batch_size}", unit="pass",
@@ -129,10 +128,6 @@ def measure_batches(
             "pass_seconds": [round(s, 4) for s in seconds],
         }
     return results
-
-
-def _transcript(vocabulary: CtcVocabulary, log_probs: np.ndarray) -> str:
-    return normalize_text(vocabulary.decode(log_probs), vocabulary.characters)
 
 
 def measure_streams(spec: RunnerSpec, utterances: Sequence[Utterance], streams: int, threads: int) -> dict:
