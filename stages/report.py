@@ -40,12 +40,14 @@ def main() -> None:
         inputs = report.Inputs.current(args.model, args.prepared)
         metrics, left_out = report.load_metrics(args.metrics, variants, inputs)
         rows = report.summary_rows(metrics)
-        front = report.pareto_front(rows)
-        throughput = report.throughput_speed(rows)
-        throughput_front = [] if throughput is None else report.pareto_front(rows, throughput)
-        points = report.plot_points(rows, front, throughput, throughput_front)
+        ranked, elsewhere = report.split_by_hardware(rows)
+        front = report.pareto_front(ranked)
+        throughput = report.throughput_speed(ranked)
+        throughput_front = [] if throughput is None else report.pareto_front(ranked, throughput)
+        points = report.plot_points(ranked, front, throughput, throughput_front)
         report.plot_pareto(points, args.out_plot, report.caption(metrics), throughput)
-        summary = {"variants": {r["variant"]: r for r in rows}, "pareto_front": front, "pareto_front_rtfx": throughput_front}
+        summary = {"variants": {r["variant"]: r for r in rows}, "pareto_front": front, "pareto_front_rtfx": throughput_front,
+                   "not_ranked": {r["variant"]: r["hardware"] for r in elsewhere}}
         for path, payload in (
             (args.out_points, points),
             # Keyed by variant (not a list) so `dvc metrics show` can display it.
@@ -56,6 +58,10 @@ def main() -> None:
     if left_out:
         print(f"not shown (not a variant in {args.params}): {', '.join(str(p) for p in left_out)}")
     print(report.markdown_table(rows))
+    if elsewhere:
+        print(f"\nnot ranked (latency measured on other hardware than fp32's, {ranked[0]['hardware']}): "
+              + ", ".join(f"{r['variant']} ({r['hardware']})" for r in elsewhere)
+              + ". Rerun their evaluate stages on one machine to compare them.")
     print(f"\nPareto front (latency vs WER): {', '.join(front) or '(none)'}")
     if throughput is not None:
         print(f"Pareto front ({throughput.key} vs WER): {', '.join(throughput_front) or '(none)'}")

@@ -46,6 +46,23 @@ def test_only_relevant_flags_are_recorded(tmp_path):
     assert found.isa == ["avx2", "avx512f", "avx512_vnni"]
 
 
+@pytest.mark.parametrize("entry, machine, identity", [
+    # Two VMs that both call themselves "AMD EPYC": a Zen 4 and a Zen 5.
+    ("vendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\nmodel name\t: AMD EPYC\nstepping\t: 1\n",
+     "x86_64", "AuthenticAMD family 25 model 17 stepping 1"),
+    ("vendor_id\t: AuthenticAMD\ncpu family\t: 26\nmodel\t\t: 2\nmodel name\t: AMD EPYC\nstepping\t: 1\n",
+     "x86_64", "AuthenticAMD family 26 model 2 stepping 1"),
+    ("CPU implementer\t: 0x41\nCPU variant\t: 0x3\nCPU part\t: 0xd0c\nCPU revision\t: 1\n", "aarch64",
+     "aarch64 implementer 0x41 part 0xd0c r0x3p1"),
+    ("flags\t: fpu\n", "x86_64", "unknown"),
+])
+def test_identity_tells_cores_apart_behind_one_model_name(tmp_path, entry, machine, identity):
+    path = tmp_path / "cpuinfo"
+    path.write_text(f"processor\t: 0\n{entry}\nprocessor\t: 1\nvendor_id\t: Other\n")
+    found = cpu.detect(path, machine=machine)
+    assert found.identity == identity and identity in found.hardware
+
+
 def test_unreadable_cpuinfo_is_generic(tmp_path):
     found = cpu.detect(tmp_path / "absent", machine="x86_64")
     assert found.profile == "generic" and found.isa == []
@@ -58,3 +75,4 @@ def test_records_split_isa_from_machine(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "cpu" / "isa.json").read_text()) == {"profile": "avx2", "isa": ["avx2"]}
     machine = json.loads((tmp_path / "cpu" / "machine.json").read_text())
     assert machine["model"] == "Test CPU 9000" and machine["profile"] == "avx2" and machine["logical_cpus"] >= 1
+    assert machine["identity"] == "unknown"  # evaluate reruns on other cores behind the same model name

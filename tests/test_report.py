@@ -91,8 +91,8 @@ def test_rows_say_which_model_and_eval_sets(metrics_dir, inputs):
         assert row["eval_sets"] == f"clips ({set_hash[:12]})"
     table = report.markdown_table(report.summary_rows(metrics)).splitlines()
     assert table[0].startswith("| variant | backend | wer |")
-    assert table[0].endswith("| rtfx_best | rtfx_best_setting | batch_agreement | model | eval_sets | skipped | "
-                             "rtfx_batch1 | rtfx_batch16 | rtfx_streams2 |")
+    assert table[0].endswith("| rtfx_best | rtfx_best_setting | batch_agreement | model | eval_sets | hardware | "
+                             "skipped | rtfx_batch1 | rtfx_batch16 | rtfx_streams2 |")
     assert len(table) == 5 and "| onednn | eager | 0.11 |" in table[3] and "–" in table[2]  # fp32: no wer_vs_fp32
     assert report.caption(metrics) == "WER over real speech"
 
@@ -110,8 +110,9 @@ def test_columns_are_what_evaluate_writes():
         model_sha256="0" * 64, eval_sets=[], deployment={"waveform": {"agreement": 1.0}},
         throughput={"batch": {"1": {"rtfx": 50.0, "agreement": 1.0}, "16": {"rtfx": 90.0, "agreement": 0.5}},
                     "streams": {"2": {"rtfx": 70.0}}})
-    figures = [column for column in report.COLUMNS if column not in ("model", "eval_sets", "skipped")]
+    figures = [column for column in report.COLUMNS if column not in ("model", "eval_sets", "hardware", "skipped")]
     assert [column for column in figures if column not in metrics] == []
+    assert report.hardware(metrics).endswith(f"], {EvaluateParams().threads} threads")  # CPU [identity], threads
     assert report.throughput_columns([metrics]) == ["rtfx_batch1", "rtfx_batch16", "rtfx_streams2"]
     assert metrics["rtfx_batch16"] == 90.0 and metrics["batch_agreement"] == 0.5
     assert metrics["rtfx_best"] == 70.0 and metrics["rtfx_best_setting"] == "2 streams"  # batch 16 changed words
@@ -208,6 +209,26 @@ def test_report_rows_are_the_params_variants(metrics_dir, inputs, tmp_path, monk
     assert run.info.run_name == "summary" and run.data.tags["variants"] == "fp32,onednn,qnnpack"
     assert {a.path for a in client.list_artifacts(run.info.run_id, "summary")} == {
         "summary/pareto.png", "summary/summary.json", "summary/pareto.json"}
+
+
+def test_latency_is_ranked_only_within_fp32s_hardware(metrics_dir, inputs, tmp_path, monkeypatch, capsys):
+    """A row timed on other cores (same model name, other family) stays in the table but is not ranked."""
+    here = {"hardware": "AMD EPYC [AuthenticAMD family 25 model 17 stepping 1]", "threads": 2}
+    elsewhere = {"hardware": "AMD EPYC [AuthenticAMD family 26 model 2 stepping 1]", "threads": 2}
+    current = inputs["current"]
+    write_metrics(metrics_dir, {**fake_metrics("fp32", 0.10, 150.0, 76.0, current, rtfx=80.0), "system": here},
+                  {**fake_metrics("onednn", 0.11, 22.0, 20.0, current, rtfx=400.0), "system": here},
+                  {**fake_metrics("qnnpack", 0.09, 10.0, 20.0, current, rtfx=900.0), "system": elsewhere})
+    monkeypatch.setenv("NEMO_PTQ_MLFLOW", "off")
+    plots = run_report(monkeypatch, tmp_path, inputs, metrics_dir, ["onednn", "qnnpack"])
+    out = capsys.readouterr().out
+    summary = json.loads((tmp_path / "reports" / "summary.json").read_text())
+    # qnnpack would dominate both on the front; measured elsewhere, it is on neither and not plotted.
+    assert summary["pareto_front"] == ["onednn", "fp32"] and summary["pareto_front_rtfx"] == ["onednn", "fp32"]
+    assert summary["not_ranked"] == {"qnnpack": f"{elsewhere['hardware']}, 2 threads"}
+    assert summary["variants"]["qnnpack"]["hardware"] == f"{elsewhere['hardware']}, 2 threads"
+    assert [p["variant"] for p in json.loads((plots / "pareto.json").read_text())] == ["fp32", "onednn"]
+    assert f"not ranked (latency measured on other hardware than fp32's, {here['hardware']}, 2 threads): qnnpack" in out
 
 
 def test_a_missing_variant_is_one_error_line_and_no_output(metrics_dir, inputs, tmp_path, monkeypatch, capsys):

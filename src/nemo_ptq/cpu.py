@@ -39,6 +39,14 @@ class Cpu:
     model: str
     profile: str  # one of PROFILES
     isa: list[str]  # the ISA_FLAGS this CPU has
+    # Vendor, family, model and stepping: cloud VMs often show only "AMD EPYC" as the model name,
+    # which Zen 3, 4 and 5 all share; these numbers still tell the cores apart.
+    identity: str = "unknown"
+
+    @property
+    def hardware(self) -> str:
+        """What latencies may be compared within: the same cores (model name and identity)."""
+        return f"{self.model} [{self.identity}]"
 
     @property
     def int8_dot(self) -> bool:
@@ -94,7 +102,19 @@ def detect(cpuinfo: Path = PROC_CPUINFO, machine: str | None = None) -> Cpu:
     flags = set((fields.get("flags") or fields.get("Features") or "").split())
     machine = machine or platform.machine()
     model = fields.get("model name") or fields.get("Model") or platform.processor() or "unknown"
-    return Cpu(model=model, profile=profile_of(flags, machine), isa=[flag for flag in ISA_FLAGS if flag in flags])
+    return Cpu(model=model, profile=profile_of(flags, machine), isa=[flag for flag in ISA_FLAGS if flag in flags],
+               identity=_identity(fields, machine))
+
+
+def _identity(fields: dict[str, str], machine: str) -> str:
+    """x86: "AuthenticAMD family 26 model 2 stepping 1"; aarch64: "arm implementer 0x41 part 0xd0c r3p1"."""
+    if "vendor_id" in fields:
+        return " ".join([fields["vendor_id"]] + [f"{key.split()[-1]} {fields[key]}" for key in
+                                                 ("cpu family", "model", "stepping") if key in fields])
+    if "CPU implementer" in fields:
+        return (f"{machine} implementer {fields['CPU implementer']} part {fields.get('CPU part', '?')} "
+                f"r{fields.get('CPU variant', '?')}p{fields.get('CPU revision', '?')}")
+    return "unknown"
 
 
 def write_records(out_dir: Path) -> Cpu:

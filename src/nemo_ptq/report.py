@@ -8,6 +8,11 @@ and one panel each. Every row must have been measured on the model and eval sets
 data/prepared hold now (see nemo_ptq.provenance): a requested row from elsewhere is an error, not
 a row left out, since a table silently missing a variant misleads as much as a mixed one.
 Metrics files of variants no longer in params.yaml are not shown, and the report says so.
+
+Latency is compared only within one machine: each row has a `hardware` column (CPU model, core
+identity and threads, from the metrics' `system`), and the fronts and the plot rank only the rows
+measured on FP32's hardware. A row from other hardware (a cached evaluate from another machine, a
+sweep point run elsewhere) stays in the table, marked as not ranked, and the report says which.
 """
 
 from __future__ import annotations
@@ -25,7 +30,8 @@ FP32 = "fp32"
 COLUMNS = (
     "variant", "backend", "wer", "cer", "wer_vs_fp32", "latency_ms_median", "latency_ms_p90",
     "speedup_vs_fp32", "size_mb", "size_ratio_vs_fp32", "int8_weight_layer_fraction", "int8_weight_mac_fraction",
-    "waveform_agreement", "rtfx_best", "rtfx_best_setting", "batch_agreement", "model", "eval_sets", "skipped",
+    "waveform_agreement", "rtfx_best", "rtfx_best_setting", "batch_agreement", "model", "eval_sets", "hardware",
+    "skipped",
 )
 RTFX = "rtfx_batch"  # + batch size: the throughput columns, after COLUMNS (their batch sizes come from params)
 STREAMS = "rtfx_streams"  # + number of streams
@@ -110,17 +116,33 @@ def throughput_columns(metrics: list[dict]) -> list[str]:
     return sorted(keys, key=order)
 
 
+def hardware(metrics: dict) -> str:
+    """Where a row's latency was measured: CPU model and cores, and the threads the stage used."""
+    system = metrics.get("system") or {}
+    machine = system.get("hardware") or system.get("cpu") or "unknown CPU"  # older files: the model name only
+    threads = system.get("threads") or (metrics.get("latency") or {}).get("threads")
+    return f"{machine}, {threads} threads" if threads else machine
+
+
 def summary_rows(metrics: list[dict]) -> list[dict]:
-    """One row per metrics file; `model` and `eval_sets` say what it was measured on."""
+    """One row per metrics file; `model`, `eval_sets` and `hardware` say what it was measured on."""
     columns = [*COLUMNS, *throughput_columns(metrics)]
     return [
         {
             **{column: m.get(column) for column in columns},
             "model": f"{m['model'].get('source')} ({_short(m['model'].get('nemo_sha256'))})",
             "eval_sets": ", ".join(f"{s['name']} ({_short(s['sha256'])})" for s in m["eval_sets"]),
+            "hardware": hardware(m),
         }
         for m in metrics
     ]
+
+
+def split_by_hardware(rows: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(rows measured on FP32's hardware, the others): only the first are ranked against each other."""
+    reference = next((r["hardware"] for r in rows if r["variant"] == FP32), rows[0]["hardware"] if rows else None)
+    same = [r for r in rows if r["hardware"] == reference]
+    return same, [r for r in rows if r["hardware"] != reference]
 
 
 def throughput_speed(rows: list[dict]) -> Speed | None:

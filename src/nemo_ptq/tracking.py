@@ -9,6 +9,14 @@ in `<repo>/mlartifacts/`, where <repo> is the main repository. Queued experiment
 has its own `.dvc/` folder; DVC passes the main root as `DVC_ROOT`, and the path itself says so
 too, so their runs land in the same store as `dvc repro` runs.
 
+A tracking server (`MLFLOW_TRACKING_URI=http://…`, e.g. `mlflow server` on PostgreSQL for runs from
+several machines) is probed first (`/health`, a few seconds). If it does not answer, or fails while
+a run is logged, the run goes to the default local store instead and one warning line says so:
+no run is lost, and the stage still succeeds. A run left RUNNING by a process that died (a killed
+sweep worker, a server that went away mid-run) is marked KILLED the next time a stage logs to that
+store, if its process is gone from this host or a finished run of the same stage fingerprint
+supersedes it; so the store holds no RUNNING runs that nothing is running.
+
 What `mlflow ui` shows: each run is named after its variant, calibration and backend settings
 (`run_name`), so a calibration sweep reads in the runs table as it is. The experiment is tagged
 as a model-training experiment and holds a saved runs-table view (metric columns included) that
@@ -17,13 +25,18 @@ as a model-training experiment and holds a saved runs-table view (metric columns
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import hashlib
 import json
 import logging
 import os
-import argparse
+import socket
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -40,6 +53,12 @@ EXPERIMENT_COPY = (".dvc", "tmp", "exps")  # where DVC runs queued/temp experime
 # "Machine learning" kind (runs, not GenAI traces).
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
+SERVER_PROBE_TIMEOUT_S = 5.0
+BATCH_PARAMS, BATCH_METRICS = 100, 1000  # the most MLflow's log_batch takes per request
+# MLflow retries a failing server 7 times with growing waits (about 4 minutes); a stage that has
+# finished its work should fall back to the local store quickly instead. Users can still override.
+HTTP_RETRY_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                       "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
 # MLflow 3.17's UI ignores that tag when it picks the landing page and opens GenAI traces unless the URL
 # says workflowType=machine_learning; and its runs table starts without metric columns. A view stored
 # the way the UI's own "share view" stores one (an experiment tag) fixes the columns; both go in the URL.
@@ -78,17 +97,35 @@ def _outside_experiment_copy(folder: Path) -> Path:
     return folder
 
 
-def tracking_uri(cwd: Path | None = None, env: Mapping[str, str] = os.environ) -> str:
-    if env.get("MLFLOW_TRACKING_URI"):
+class TrackingUnavailable(RuntimeError):
+    """The tracking server did not answer; the run can go to the local store instead."""
+
+
+def tracking_uri(cwd: Path | None = None, env: Mapping[str, str] = os.environ, local: bool = False) -> str:
+    if env.get("MLFLOW_TRACKING_URI") and not local:
         return env["MLFLOW_TRACKING_URI"]
     return f"sqlite:///{repo_root(cwd, env) / STORE_FILE}"
 
 
-def artifact_location(cwd: Path | None = None, env: Mapping[str, str] = os.environ) -> str | None:
+def artifact_location(cwd: Path | None = None, env: Mapping[str, str] = os.environ, local: bool = False) -> str | None:
     """Artifacts next to the default store; a user-chosen tracking server keeps its own default."""
-    if env.get("MLFLOW_TRACKING_URI"):
+    if env.get("MLFLOW_TRACKING_URI") and not local:
         return None
     return (repo_root(cwd, env) / ARTIFACT_DIR).as_uri()
+
+
+def check_server(uri: str, timeout_s: float = SERVER_PROBE_TIMEOUT_S) -> None:
+    """Raise TrackingUnavailable unless an http(s) tracking server answers its /health endpoint."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s) as response:
+            if response.status == 200:
+                return
+            reason = f"HTTP {response.status}"
+    except (urllib.error.URLError, OSError) as err:
+        reason = str(getattr(err, "reason", err))
+    raise TrackingUnavailable(f"tracking server {uri} does not answer ({reason})")
 
 
 def fingerprint(config: Mapping[str, Any], inputs: Iterable[Path]) -> str:
@@ -137,15 +174,25 @@ def git_commit(cwd: Path | None = None) -> str:
     return out.stdout.strip() if out.returncode == 0 else "unknown"
 
 
-def _mlflow():
+def _mlflow(local: bool = False):
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # before the import: it phones home
+    for name, value in HTTP_RETRY_DEFAULTS.items():
+        os.environ.setdefault(name, value)
     import mlflow
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # no "creating tables" chatter in stage logs
     # Both before set_tracking_uri, which exports MLFLOW_TRACKING_URI and so would hide our default.
-    uri, artifacts = tracking_uri(), artifact_location()
+    uri, artifacts = tracking_uri(local=local), artifact_location(local=local)
+    check_server(uri)
+    chosen = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
-    name = os.environ.get(EXPERIMENT_ENV) or DEFAULT_EXPERIMENT
+    # set_tracking_uri also exports the variable: put the user's back, so that a fallback to the
+    # local store lasts one run and the next run tries the server again.
+    if chosen is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = chosen
+    name = experiment_name()
     if mlflow.get_experiment_by_name(name) is None:
         try:
             mlflow.create_experiment(name, artifact_location=artifacts)
@@ -157,10 +204,46 @@ def _mlflow():
     return mlflow
 
 
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
+def reap_abandoned_runs(mlflow: Any, fingerprint_of_new_run: str | None = None) -> list[str]:
+    """Mark KILLED the RUNNING runs that nothing runs any more: those whose process (tags `host` and
+    `pid`) is gone from this host, and those a run of the same stage fingerprint supersedes."""
+    client = mlflow.MlflowClient()
+    experiment = mlflow.get_experiment_by_name(experiment_name())
+    here = socket.gethostname()
+    reaped = []
+    for run in client.search_runs([experiment.experiment_id], "attributes.status = 'RUNNING'", max_results=1000):
+        tags = run.data.tags
+        dead = tags.get("host") == here and tags.get("pid", "").isdigit() and not _process_alive(int(tags["pid"]))
+        superseded = fingerprint_of_new_run is not None and tags.get("stage_fingerprint") == fingerprint_of_new_run
+        if dead or superseded:
+            client.set_tag(run.info.run_id, "abandoned", "process gone" if dead else "superseded by a rerun")
+            client.set_terminated(run.info.run_id, status="KILLED")
+            reaped.append(run.info.run_id)
+    return reaped
+
+
+def _process_tags() -> dict[str, str]:
+    return {"host": socket.gethostname(), "pid": str(os.getpid())}
+
+
+def experiment_name() -> str:
+    return os.environ.get(EXPERIMENT_ENV) or DEFAULT_EXPERIMENT
+
+
 def experiment_id() -> str:
     """The id of this project's experiment in the store, created and tagged if no stage has logged yet."""
     mlflow = _mlflow()
-    return mlflow.get_experiment_by_name(os.environ.get(EXPERIMENT_ENV) or DEFAULT_EXPERIMENT).experiment_id
+    return mlflow.get_experiment_by_name(experiment_name()).experiment_id
 
 
 def runs_view() -> dict[str, Any]:
@@ -177,12 +260,19 @@ def runs_view() -> dict[str, Any]:
 
 
 def _tag_experiment(mlflow: Any, experiment: Any) -> None:
-    tags = experiment.tags
-    if EXPERIMENT_KIND_TAG not in tags:  # a kind the user picked in the UI stays
-        mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     view = json.dumps(runs_view())
-    if tags.get(VIEW_TAG) != view:
-        mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, VIEW_TAG, view)
+    wanted = {VIEW_TAG: view}
+    if EXPERIMENT_KIND_TAG not in experiment.tags:  # a kind the user picked in the UI stays
+        wanted[EXPERIMENT_KIND_TAG] = EXPERIMENT_KIND
+    for key, value in wanted.items():
+        if experiment.tags.get(key) == value:
+            continue
+        try:
+            mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, key, value)
+        except mlflow.exceptions.MlflowException:
+            # Another stage set it at the same moment (a database server reports the duplicate key).
+            if key not in mlflow.get_experiment(experiment.experiment_id).tags:
+                raise
 
 
 def runs_view_url(experiment_id: str, server: str = "http://127.0.0.1:5000") -> str:
@@ -218,10 +308,13 @@ def _dvc_tags() -> dict[str, str]:
 
 
 def log_evaluation(*, variant: str, params: Mapping[str, Any], metrics: Mapping[str, Any], inputs: Iterable[Path],
-                   metrics_file: Path, transcripts_dir: Path) -> str:
+                   metrics_file: Path, transcripts_dir: Path, local: bool = False) -> str:
     """One run per evaluate execution. `params` is everything that configured it (flattened here);
     the stage fingerprint hashes it together with the input files."""
-    mlflow = _mlflow()
+    mlflow = _mlflow(local)
+    stage_fingerprint = fingerprint(params, inputs)
+    reap_abandoned_runs(mlflow, stage_fingerprint)
+    system = metrics.get("system", {})
     set_kinds = {name: item["kind"] for name, item in metrics.get("sets", {}).items()}
     labels = run_labels(variant, str(params.get("backend", "")), params.get("options") or {})
     tags = {
@@ -231,46 +324,90 @@ def log_evaluation(*, variant: str, params: Mapping[str, Any], metrics: Mapping[
         "calibration": labels["calibration"],
         "backend_options": labels["backend_options"],
         "git_commit": git_commit(),
-        "stage_fingerprint": fingerprint(params, inputs),
+        "stage_fingerprint": stage_fingerprint,
         "set_kinds": ",".join(f"{name}={kind}" for name, kind in set_kinds.items()),
         "speech_kinds": ",".join(sorted(set(set_kinds.values()))),
         "model_trained": str(metrics.get("model", {}).get("trained")),
-        "cpu": str(metrics.get("system", {}).get("cpu")),
-        "isa_profile": str(metrics.get("system", {}).get("isa_profile")),
+        "cpu": str(system.get("cpu")),
+        "hardware": str(system.get("hardware")),
+        "isa_profile": str(system.get("isa_profile")),
+        "isa_flags": ",".join(system.get("isa") or []),
+        "threads": str(system.get("threads")),
         **({"skipped": str(metrics["skipped"])} if metrics.get("skipped") else {}),
         **_dvc_tags(),
+        **_process_tags(),
     }
-    with mlflow.start_run(run_name=labels["name"]) as run:
-        mlflow.set_tags(tags)
-        mlflow.log_params({key: str(value) for key, value in flatten(params).items()})
-        mlflow.log_metrics(numeric(flatten(metrics)))
-        mlflow.log_artifact(str(metrics_file), artifact_path="metrics")
-        mlflow.log_artifacts(str(transcripts_dir), artifact_path="transcripts")
-        return run.info.run_id
+    return _log_run(mlflow, name=labels["name"], tags=tags, params={k: str(v) for k, v in flatten(params).items()},
+                    metrics=numeric(flatten(metrics)), files=[(metrics_file, "metrics")],
+                    folders=[(transcripts_dir, "transcripts")])
 
 
-def log_summary(*, files: Iterable[Path], variants: Iterable[str]) -> str:
+def log_summary(*, files: Iterable[Path], variants: Iterable[str], local: bool = False) -> str:
     """One "summary" run per report execution, holding the Pareto plot, its points and the table."""
-    mlflow = _mlflow()
-    with mlflow.start_run(run_name="summary") as run:
-        mlflow.set_tags({"stage": "report", "git_commit": git_commit(), "variants": ",".join(variants), **_dvc_tags()})
-        for path in files:
-            mlflow.log_artifact(str(path), artifact_path="summary")
-        return run.info.run_id
+    mlflow = _mlflow(local)
+    reap_abandoned_runs(mlflow)
+    tags = {"stage": "report", "git_commit": git_commit(), "variants": ",".join(variants), **_dvc_tags(),
+            **_process_tags()}
+    return _log_run(mlflow, name="summary", tags=tags, files=[(path, "summary") for path in files])
+
+
+def _log_run(mlflow: Any, *, name: str, tags: Mapping[str, str], params: Mapping[str, str] | None = None,
+             metrics: Mapping[str, float] | None = None, files: Iterable[tuple[Path, str]] = (),
+             folders: Iterable[tuple[Path, str]] = ()) -> str:
+    """Create, fill and finish one run through the client API, in batches: no process-wide active
+    run, so a failure part-way leaves nothing behind in this process for the local fallback to trip
+    on (a run it left RUNNING on a server is reaped later, see reap_abandoned_runs)."""
+    from mlflow.entities import Metric, Param
+    from mlflow.tracking.context.registry import resolve_tags
+
+    client = mlflow.MlflowClient()
+    experiment = mlflow.get_experiment_by_name(experiment_name())
+    run_id = client.create_run(experiment.experiment_id, run_name=name, tags=resolve_tags(dict(tags))).info.run_id
+    try:
+        now = int(time.time() * 1000)
+        param_items = [Param(key, value) for key, value in (params or {}).items()]
+        metric_items = [Metric(key, value, now, 0) for key, value in (metrics or {}).items()]
+        for start in range(0, len(param_items), BATCH_PARAMS):
+            client.log_batch(run_id, params=param_items[start:start + BATCH_PARAMS])
+        for start in range(0, len(metric_items), BATCH_METRICS):
+            client.log_batch(run_id, metrics=metric_items[start:start + BATCH_METRICS])
+        for path, artifact_path in files:
+            client.log_artifact(run_id, str(path), artifact_path)
+        for path, artifact_path in folders:
+            client.log_artifacts(run_id, str(path), artifact_path)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            client.set_terminated(run_id, status="FAILED")
+        raise
+    client.set_terminated(run_id, status="FINISHED")
+    return run_id
 
 
 def log_safely(action: Callable[..., Any], **kwargs: Any) -> None:
-    """Mirror to MLflow unless disabled; a failure warns instead of failing the stage."""
+    """Mirror to MLflow unless disabled. A tracking server that fails sends the run to the local store
+    (one warning line says where); any other failure warns instead of failing the stage."""
     if not enabled():
         return
     try:
-        action(**kwargs)
+        try:
+            action(**kwargs)
+        except Exception as err:
+            if not os.environ.get("MLFLOW_TRACKING_URI", "").startswith(("http://", "https://")):
+                raise
+            action(**kwargs, local=True)
+            print(f"warning: MLflow run logged to the local store {tracking_uri(local=True)} instead: "
+                  f"{_one_line(err)}", file=sys.stderr)
     except Exception as err:  # MLflow, sqlite and filesystem errors alike: the metrics files stand
         print(
-            f"warning: MLflow logging skipped ({type(err).__name__}: {err}); the metrics files are written. "
+            f"warning: MLflow logging skipped ({type(err).__name__}: {_one_line(err)}); the metrics files are written. "
             f"Set {SWITCH_ENV}=off to silence this.",
             file=sys.stderr,
         )
+
+
+def _one_line(err: Exception) -> str:
+    text = " ".join(str(err).split())
+    return text if len(text) <= 300 else text[:297] + "..."
 
 
 def main() -> None:

@@ -263,7 +263,7 @@ def build_metrics(*, variant: str, backend: str, scores: dict, timings: dict[str
         "artifact_notes": "" if info is None else info.notes,
         "model": measured_model(card, model_sha256),
         "eval_sets": eval_sets,
-        "system": system_info(),
+        "system": system_info(params.threads),
     }
 
 

@@ -21,13 +21,17 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def system_info() -> dict:
-    """Lists (ISA flags, "name==version") stay out of `dvc metrics show` tables but in the JSON."""
+def system_info(threads: int | None = None) -> dict:
+    """Lists (ISA flags, "name==version") stay out of `dvc metrics show` tables but in the JSON.
+    `hardware` is what latencies may be compared within (nemo_ptq.report ranks only within one)."""
     cpu = cpus.detect()
     return {
         "cpu": cpu.model,
+        "cpu_identity": cpu.identity,
+        "hardware": cpu.hardware,
         "isa_profile": cpu.profile,
         "logical_cpus": os.cpu_count(),
+        "threads": threads,
         "isa": cpu.isa,
         "versions": [f"{name}=={version}" for name, version in package_versions().items()],
     }
