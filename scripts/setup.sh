@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(espeak-ng flite sox pocketsphinx-testdata libsndfile1 gcc g++ git)
+# postgresql: the tests' throwaway MLflow store (a multi-machine tracking server runs on it too)
+APT_PACKAGES=(espeak-ng flite sox pocketsphinx-testdata libsndfile1 gcc g++ git postgresql)
 
 install_system_packages() {
   local missing=()
@@ -37,7 +38,7 @@ install_python_packages() {
   # torch first and pinned: a bare `torch` requirement could resolve to a multi-GB CUDA build.
   .venv/bin/python -m pip install -q torch==2.13.0
   # The product, and the recipe that trains its embedded model (its own package, recipes/embedded).
-  .venv/bin/python -m pip install -q -c requirements.lock -e ".[test]" -e recipes/embedded
+  .venv/bin/python -m pip install -q -c requirements.lock -e ".[test,sweep]" -e recipes/embedded
   echo "$want" > "$stamp"
 }
 

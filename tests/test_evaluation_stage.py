@@ -161,7 +161,9 @@ def test_evaluate_fp32_and_a_variant(workspace, monkeypatch, tmp_path):
     nemo_sha = hashlib.sha256((workspace / "data/model/model.nemo").read_bytes()).hexdigest()
     assert fp32["model"]["nemo_sha256"] == fake["model"]["nemo_sha256"] == nemo_sha  # what the report checks
     assert [s["name"] for s in fake["eval_sets"]] == list(SETS) and fake["eval_sets"] == fp32["eval_sets"]
-    assert set(fp32["system"]) == {"cpu", "isa_profile", "logical_cpus", "isa", "versions"}
+    assert set(fp32["system"]) == {"cpu", "cpu_identity", "hardware", "isa_profile", "logical_cpus", "threads", "isa",
+                                   "versions"}
+    assert fp32["system"]["threads"] == fp32["latency"]["threads"] and fp32["system"]["cpu"] in fp32["system"]["hardware"]
     assert any(v.startswith("torch==") for v in fp32["system"]["versions"])
     rows = [json.loads(line) for line in (workspace / "data/evaluation/fake8/clips.jsonl").read_text().splitlines()]
     assert [r["id"] for r in rows] == ["u0", "u1"] and rows[0]["reference"] == "hello world 0"

@@ -33,5 +33,9 @@ class BackendUnavailableError(PipelineError):
     """A backend's runtime requirement (a package, a compiler, a CPU feature) is missing."""
 
 
+class TrackingError(PipelineError):
+    """MLflow logging failed where it must not (NEMO_PTQ_MLFLOW=required, as sweep workers run)."""
+
+
 class CalibrationError(PipelineError):
     """A calibration folder is missing, or was made by another backend, variant config or model."""

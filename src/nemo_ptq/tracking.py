@@ -1,7 +1,9 @@
 """MLflow mirrors what the stages wrote; nothing in the pipeline reads it back.
 
 The metrics files under metrics/ are the source of truth, so a failure to log to MLflow prints a
-warning and the stage still succeeds (`log_safely`). `NEMO_PTQ_MLFLOW=off` skips MLflow entirely.
+warning and the stage still succeeds (`log_safely`). `NEMO_PTQ_MLFLOW=off` skips MLflow entirely;
+`NEMO_PTQ_MLFLOW=required` makes a failure fail the stage in one line instead, with no local
+fallback (sweep workers run so: their local store is a temporary clone).
 
 Where runs go: `MLFLOW_TRACKING_URI` if set; otherwise `sqlite:///<repo>/mlflow.db` with artifacts
 in `<repo>/mlartifacts/`, where <repo> is the main repository. Queued experiments
@@ -41,9 +43,10 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from nemo_ptq.errors import ConfigError
+from nemo_ptq.errors import ConfigError, TrackingError
 
-SWITCH_ENV = "NEMO_PTQ_MLFLOW"  # "off" disables MLflow
+SWITCH_ENV = "NEMO_PTQ_MLFLOW"  # "off" disables MLflow, "required" fails the stage when logging fails
+REQUIRED = "required"
 EXPERIMENT_ENV = "NEMO_PTQ_MLFLOW_EXPERIMENT"
 DEFAULT_EXPERIMENT = "nemo-ptq"
 STORE_FILE = "mlflow.db"
@@ -73,6 +76,10 @@ VIEW_WIDTHS = {"attributes.Run Name": 150, "runDateAndNestInfo": 110, "tags.cali
 
 def enabled(env: Mapping[str, str] = os.environ) -> bool:
     return env.get(SWITCH_ENV, "on").strip().lower() not in {"off", "0", "false", "no"}
+
+
+def required(env: Mapping[str, str] = os.environ) -> bool:
+    return env.get(SWITCH_ENV, "on").strip().lower() == REQUIRED
 
 
 def repo_root(cwd: Path | None = None, env: Mapping[str, str] = os.environ) -> Path:
@@ -387,6 +394,13 @@ def log_safely(action: Callable[..., Any], **kwargs: Any) -> None:
     """Mirror to MLflow unless disabled. A tracking server that fails sends the run to the local store
     (one warning line says where); any other failure warns instead of failing the stage."""
     if not enabled():
+        return
+    if required():
+        try:
+            action(**kwargs)
+        except Exception as err:
+            raise TrackingError(f"MLflow logging failed ({type(err).__name__}: {_one_line(err)}); {SWITCH_ENV}="
+                                f"{REQUIRED}, so the stage fails: make the tracking server reachable and rerun") from None
         return
     try:
         try:
