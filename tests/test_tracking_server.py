@@ -18,15 +18,13 @@ from servers import free_port, mlflow_server, postgres
 
 pytestmark = pytest.mark.slow
 
-LOGGER = """
-import json, sys
+# Another process logging as an evaluate stage does (the same `log` as below).
+LOGGER = f"""
+import sys
 from pathlib import Path
-from nemo_ptq import tracking
-variant, wer, folder = sys.argv[1], float(sys.argv[2]), Path(sys.argv[3])
-tracking.log_safely(tracking.log_evaluation, variant=variant, params={"backend": "ort", "options": {"v": variant}},
-                    metrics=json.loads((folder / "metrics.json").read_text()) | {"variant": variant, "wer": wer},
-                    inputs=[folder / "metrics.json"], metrics_file=folder / "metrics.json",
-                    transcripts_dir=folder / "transcripts")
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from test_tracking_server import log
+log(Path(sys.argv[3]), sys.argv[1], float(sys.argv[2]))
 """
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from nemo_ptq import tracking
 from nemo_ptq.errors import ConfigError
 from nemo_ptq.sweep.grid import Point, expand
-from nemo_ptq.sweep.point import Job, run_point
+from nemo_ptq.sweep.point import Job, run_point, tool
 
 # For every Ray process here, and on `ray start` on every machine (README):
 # - kill a dead worker's whole process group, so that a point's dvc and stage processes die with it
@@ -64,8 +64,7 @@ def _git(repo: Path, *args: str) -> str:
 
 
 def _dvc(repo: Path, *args: str) -> str:
-    dvc = Path(sys.executable).with_name("dvc")
-    result = subprocess.run([str(dvc) if dvc.exists() else "dvc", *args], cwd=repo, capture_output=True, text=True,
+    result = subprocess.run([tool("dvc"), *args], cwd=repo, capture_output=True, text=True,
                             env={**os.environ, "DVC_NO_ANALYTICS": "1"})
     if result.returncode != 0:
         raise ConfigError(f"dvc {' '.join(args)} failed in {repo}: {(result.stdout + result.stderr).strip()[-1500:]}")

@@ -40,8 +40,8 @@ class Job:
     env: dict[str, str] = field(default_factory=dict)  # e.g. MLFLOW_TRACKING_URI
 
 
-def _tool(name: str) -> str:
-    beside = Path(sys.executable).with_name(name)  # this environment's dvc, as on the driver
+def tool(name: str) -> str:
+    beside = Path(sys.executable).with_name(name)  # this environment's dvc, on the driver and workers alike
     return str(beside) if beside.exists() else name
 
 
@@ -94,7 +94,7 @@ def run_point(job: Job, point: Point, root: Path | None = None) -> dict:
     remove_stale_clones(root)
     clone = workspace / "repo"
     env = {**os.environ, **job.env, "DVC_NO_ANALYTICS": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
-    dvc = _tool("dvc")
+    dvc = tool("dvc")
     seconds: dict[str, float] = {}  # per step, returned so the driver can say where the time went
     try:
         _run(["git", "clone", "--quiet", "--no-checkout", job.git_url, str(clone)], root, env, "git clone", seconds)
