@@ -162,3 +162,61 @@ def test_progress_file_lists_the_runs_and_the_curve(tmp_path):
     assert [line.split("|")[1].strip() for line in text.splitlines() if line.startswith("| ") and "thread" in line] \
         == ["0", "1"]
     assert sum(line.startswith(("| 2 |", "| 4 |", "| 5 |")) for line in text.splitlines()) == 3
+
+
+def _ctc_model(width: float, seed: int):
+    import torch
+    from nemo.collections.asr.models import EncDecCTCModel
+
+    from nemo_ptq.models.architectures import QuartzNetShape, quartznet_config
+
+    torch.manual_seed(seed)
+    model = EncDecCTCModel(cfg=quartznet_config(QuartzNetShape(block_repeats=1, sub_blocks=2, width=width)))
+    for module in model.modules():  # BatchNorm statistics that are not the identity
+        if isinstance(module, torch.nn.BatchNorm1d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+    return model.eval()
+
+
+def _log_probs(model, features, lengths):
+    import torch
+
+    with torch.inference_mode():
+        encoded, _ = model.encoder(audio_signal=features, length=lengths)
+        return model.decoder(encoder_output=encoded)
+
+
+def test_widened_model_starts_from_the_narrow_models_function():
+    import torch
+
+    from embedded_recipe.train import starting_weights
+    from embedded_recipe.widen import widened_state_dict
+
+    narrow, wide = _ctc_model(0.125, seed=1), _ctc_model(0.25, seed=2)
+    features, lengths = torch.randn(2, 64, 120), torch.tensor([120, 90])
+    expected = _log_probs(narrow, features, lengths)
+    assert not torch.allclose(_log_probs(wide, features, lengths), expected, atol=1e-3)
+
+    wide.load_state_dict(widened_state_dict(narrow.state_dict(), wide.state_dict()))
+    assert torch.allclose(_log_probs(wide, features, lengths), expected, atol=1e-4)
+
+    # With the symmetry-breaking noise the copies differ, and the function stays close.
+    wide.load_state_dict(starting_weights(narrow.state_dict(), wide.state_dict(), seed=0))
+    weight = next(v for k, v in wide.state_dict().items() if v.dim() == 3 and v.shape[0] == 64)
+    assert not torch.equal(weight[:32], weight[32:])
+    agreement = (_log_probs(wide, features, lengths).argmax(-1) == expected.argmax(-1)).float().mean()
+    assert agreement > 0.9
+
+
+def test_widening_refuses_a_non_integer_ratio_and_other_layers():
+    import torch
+
+    from nemo_ptq.errors import ConfigError
+
+    from embedded_recipe.widen import widened_state_dict
+
+    with pytest.raises(ConfigError, match="not a multiple"):
+        widened_state_dict({"w": torch.zeros(32, 8, 3)}, {"w": torch.zeros(48, 8, 3)})
+    with pytest.raises(ConfigError, match="differ in layers"):
+        widened_state_dict({"w": torch.zeros(32, 8, 3)}, {"v": torch.zeros(64, 8, 3)})

@@ -31,6 +31,8 @@ from embedded_recipe.params import TrainParams
 LAST_CHECKPOINT = "last.ckpt"
 BEST_CHECKPOINT = "best.ckpt"
 FRAMES_PER_SECOND = 100  # 10 ms feature stride
+# Relative noise on widened conv weights: breaks the symmetry of the copies, keeps the function close.
+WIDENING_NOISE = 0.01
 
 
 def use_bf16(precision: str) -> bool:
@@ -68,6 +70,19 @@ def initial_weights(path: Path) -> dict:
 
         return EncDecCTCModel.restore_from(str(path), map_location="cpu").state_dict()
     return torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+
+
+def starting_weights(source: dict, target: dict, seed: int) -> dict:
+    """`source` as it is, or widened (Net2WiderNet) when `target` is the same model with more channels."""
+    if all(source[k].shape == v.shape for k, v in target.items() if k in source):
+        return source
+    from embedded_recipe.widen import widened_state_dict
+
+    weights = widened_state_dict(source, target, noise=WIDENING_NOISE, seed=seed)
+    count = lambda sd: sum(v.numel() for k, v in sd.items() if "running" not in k and v.is_floating_point())  # noqa: E731
+    print(f"widening init_from: {count(source) / 1e6:.2f} M -> {count(weights) / 1e6:.2f} M parameters "
+          "(each channel repeated; the wide model starts from the narrow one's function)", flush=True)
+    return weights
 
 
 def _file_identity(path: Path | None) -> dict | None:
@@ -212,7 +227,7 @@ def train(params: TrainParams, train_set: FeatureSet, val_set: FeatureSet, check
               f"{progress['minutes']:.1f} min trained so far)", flush=True)
     else:
         if init_from is not None:
-            model.load_state_dict(initial_weights(init_from))
+            model.load_state_dict(starting_weights(initial_weights(init_from), model.state_dict(), params.seed))
         for index, rng in enumerate(augmentation_rngs(model)):
             rng.seed(params.seed * 1000 + index)
         progress = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "minutes": 0.0, "best_val_wer": None,
@@ -225,8 +240,9 @@ def train(params: TrainParams, train_set: FeatureSet, val_set: FeatureSet, check
     last_saved = time.monotonic()
     losses: list[float] = []
 
-    def checkpoint(path: Path) -> None:
-        save_atomically({"state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
+    def checkpoint(path: Path, resumable: bool = True) -> None:
+        # best.ckpt is for export and as a starting point: without the optimizer state it is a third of the size.
+        save_atomically({"state_dict": model.state_dict(), "optimizer": optimizer.state_dict() if resumable else None,
                          "hyper_parameters": {"cfg": OmegaConf.to_container(model.cfg)},
                          "rng": {"torch": torch.get_rng_state(),
                                  "augment": [rng.getstate() for rng in augmentation_rngs(model)]},
@@ -271,7 +287,7 @@ def train(params: TrainParams, train_set: FeatureSet, val_set: FeatureSet, check
                     if progress["best_val_wer"] is None or wer < progress["best_val_wer"]:
                         progress["best_val_wer"] = wer
                         progress["best_step"] = progress["step"]
-                        checkpoint(checkpoint_dir / BEST_CHECKPOINT)
+                        checkpoint(checkpoint_dir / BEST_CHECKPOINT, resumable=False)
                 out_of_time = minutes is not None and now_minutes >= minutes
                 if (stop.requested or out_of_time or progress["step"] >= params.max_steps
                         or time.monotonic() - last_saved >= 60 * params.checkpoint_minutes):
