@@ -4,15 +4,16 @@ from nemo_ptq.data.disjoint import SetFingerprint, check_disjoint
 from nemo_ptq.errors import DataError
 
 
-def _fingerprint(name, kind, **tables):
-    fingerprint = SetFingerprint(name=name, kind=kind)
+def _fingerprint(name, kind, role="eval", **tables):
+    fingerprint = SetFingerprint(name=name, kind=kind, role=role)
     for key, (utterance_id, value) in tables.items():
         fingerprint.add(utterance_id, **{key: value})
     return fingerprint
 
 
 def test_disjoint_sets_pass():
-    calibration = _fingerprint("cal", "synthetic", source_sha256=("c1", "aaa"), text_norm=("c1", "hello"))
+    calibration = _fingerprint("cal", "synthetic", "calibration", source_sha256=("c1", "aaa"),
+                               text_norm=("c1", "hello"))
     evals = [_fingerprint("ev", "real", source_sha256=("e1", "bbb"), text_norm=("e1", "goodbye"))]
     check_disjoint(calibration, evals)
 
@@ -22,7 +23,7 @@ def test_disjoint_sets_pass():
     [("source_sha256", "audio file"), ("prepared_sha256", "prepared audio"), ("text_norm", "sentence")],
 )
 def test_overlap_is_an_error_naming_both_utterances(table, what):
-    calibration = _fingerprint("cal", "synthetic", **{table: ("c7", "same")})
+    calibration = _fingerprint("cal", "synthetic", "calibration", **{table: ("c7", "same")})
     evals = [_fingerprint("first", "real"), _fingerprint("second", "synthetic", **{table: ("e3", "same")})]
     with pytest.raises(DataError) as info:
         check_disjoint(calibration, evals)
@@ -32,5 +33,5 @@ def test_overlap_is_an_error_naming_both_utterances(table, what):
 
 
 def test_real_calibration_may_repeat_an_eval_sentence():
-    calibration = _fingerprint("cal", "real", text_norm=("c1", "yes"))
+    calibration = _fingerprint("cal", "real", "calibration", text_norm=("c1", "yes"))
     check_disjoint(calibration, [_fingerprint("ev", "real", text_norm=("e1", "yes"))])

@@ -42,6 +42,7 @@ def small_params(project: Path) -> None:
         params["data"]["eval_sets"].append(
             {"name": "test_other", "kind": "real", "limit": 2, "manifest": str(test_other)}
         )
+    params["dev_set"]["limit"] = 3
     params["data"]["calibration_set"] = {
         "name": "espeak_cal", "kind": "synthetic", "limit": 4,
         "tts": {"engine": "espeak-ng", "voices": ["en-us+m2"], "sentences": "data/text/calibration_sentences.txt"},

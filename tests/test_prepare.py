@@ -145,3 +145,78 @@ def test_prepare_needs_the_model_card(workspace, tiny_nemo, monkeypatch):
     monkeypatch.chdir(workspace)
     with pytest.raises(DataError, match="card.json is missing: run the fetch-pretrained stage"):
         prepare_data(parse_data_params(data_section()), alone, workspace / "prepared")
+
+
+DEV_STAGE = Path(__file__).resolve().parents[1] / "stages" / "prepare_dev.py"
+
+
+@pytest.fixture
+def prepared(workspace, tiny_nemo, monkeypatch):
+    """data/prepared of the workspace: the 2-clip eval set and a 1-clip real calibration set."""
+    write_clip(workspace / "clips" / "c.wav", 0.5, 16000)
+    (workspace / "clips" / "cal.jsonl").write_text(json.dumps({"audio_filepath": "c.wav", "duration": 0.5,
+                                                               "text": "Shut the gate."}) + "\n")
+    monkeypatch.chdir(workspace)
+    params = parse_data_params(data_section(
+        calibration_set={"name": "cal", "kind": "real", "manifest": "clips/cal.jsonl"}))
+    prepare_data(params, tiny_nemo, workspace / "prepared")
+    return workspace / "prepared"
+
+
+def _dev_manifest(workspace: Path, clip: str, text: str) -> dict:
+    (workspace / "clips" / "dev.jsonl").write_text(json.dumps({"audio_filepath": clip, "duration": 0.6,
+                                                               "text": text}) + "\n")
+    return {"name": "dev", "kind": "real", "manifest": "clips/dev.jsonl"}
+
+
+def test_dev_set_is_prepared_in_the_same_layout_with_role_dev(workspace, tiny_nemo, prepared):
+    from nemo_ptq.data.config import parse_dev_set
+    from nemo_ptq.data.preparation import prepare_dev
+
+    write_clip(workspace / "clips" / "d.wav", 0.6, 16000)
+    spec = parse_dev_set(_dev_manifest(workspace, "d.wav", "Open the window."))
+    prepare_dev(spec, 5.0, tiny_nemo, prepared, workspace / "dev")
+
+    dev = PreparedData.load(workspace / "dev")
+    assert [s.role for s in dev.sets] == ["dev"] and dev.dev_set.name == "dev"
+    assert [u.text_norm for u in dev.dev_set.utterances()] == ["open the window"]
+    assert dev.dev_set.utterances()[0].features().shape[0] == dev.feature_dim
+    with pytest.raises(DataError, match="0 dev sets"):
+        PreparedData.load(prepared).dev_set
+
+
+def test_dev_set_sharing_audio_with_an_eval_or_calibration_set_is_refused(workspace, tiny_nemo, prepared):
+    from nemo_ptq.data.config import parse_dev_set
+    from nemo_ptq.data.preparation import prepare_dev
+
+    for clip, other in (("b.wav", "eval set 'clips'"), ("c.wav", "calibration set 'cal'")):
+        spec = parse_dev_set(_dev_manifest(workspace, clip, "something else"))
+        with pytest.raises(DataError, match=f"dev set 'dev' and {other} share 1 prepared audio"):
+            prepare_dev(spec, 5.0, tiny_nemo, prepared, workspace / f"dev_{clip}")
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed")
+def test_synthetic_dev_set_reading_an_eval_sentence_is_refused(workspace, tiny_nemo, prepared):
+    from nemo_ptq.data.config import parse_dev_set
+    from nemo_ptq.data.preparation import prepare_dev
+
+    (workspace / "dev.txt").write_text("A new sentence here.\nFour queen!\n")  # "four queen" is an eval reference
+    spec = parse_dev_set({"name": "dev", "kind": "synthetic",
+                          "tts": {"engine": "espeak-ng", "voices": ["en-us+m6"], "sentences": "dev.txt"}})
+    with pytest.raises(DataError, match="dev set 'dev' and eval set 'clips' share 1 sentence"):
+        prepare_dev(spec, 5.0, tiny_nemo, prepared, workspace / "dev")
+
+
+def test_dev_stage_refuses_a_taken_name_in_one_line_and_leaves_no_output(workspace, tiny_nemo, prepared):
+    write_clip(workspace / "clips" / "d.wav", 0.6, 16000)
+    section = data_section(calibration_set={"name": "cal", "kind": "real", "manifest": "clips/cal.jsonl"})
+    dev = _dev_manifest(workspace, "d.wav", "Open the window.") | {"name": "clips"}
+    (workspace / "params.yaml").write_text(yaml.safe_dump({"data": section, "dev_set": dev}))
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    result = subprocess.run([sys.executable, str(DEV_STAGE), "--model", str(tiny_nemo), "--prepared", "prepared",
+                             "--params", "params.yaml", "--out", "dev"],
+                            cwd=workspace, capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "dev_set name 'clips' is already a set" in errors[0], result.stderr
+    assert not (workspace / "dev").exists()

@@ -138,6 +138,7 @@ def test_model_card_shows_every_run_curve_point_and_lossy_source():
                      "curve": curve, "params": {"max_steps": 24000}, "before_this_recipe": "earlier recipe"},
         "evaluation": {"test_other": {"wer": 0.7, "cer": 0.3}, "kokoro_heldout": {"wer": 0.15, "cer": 0.05}},
         "evaluation_examples": {"test_other": [{"ref": "a b", "hyp": "a c"}]},
+        "held_out": {"espeak_voices": ["en-us+f3", "en-us+m6"], "sentence_files": ["eval.txt", "dev.txt"]},
     }
     text = render_markdown(card)
     assert "| 0 | 60.0 | 45.0 | 45 | AMD EPYC, 2 threads, bf16 autocast |" in text
@@ -147,6 +148,7 @@ def test_model_card_shows_every_run_curve_point_and_lossy_source():
     assert "| vctk_p239 | 5 | 0.10 |  |" in text
     assert "≤ 60%: not met" in text and "≤ 20%: met" in text
     assert "`old.nemo` (sha256 `ab12`)" in text
+    assert "(en-us+f3, en-us+m6; no klatt" in text and "every sentence of `eval.txt`, `dev.txt`." in text
 
 
 def test_progress_file_lists_the_runs_and_the_curve(tmp_path):

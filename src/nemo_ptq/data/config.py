@@ -113,6 +113,12 @@ def parse_data_params(values: Any) -> DataParams:
     return parse_dataclass(DataParams, values, where="data")
 
 
+def parse_dev_set(values: Any) -> SetSpec:
+    """The `dev_set` section: one set, as an eval set is given, that sensitivity and accuracy
+    budgets tune on (never the eval sets)."""
+    return _parse_set(values, "dev_set")
+
+
 def _parse_set(values: Any, where: str) -> SetSpec:
     if not isinstance(values, Mapping):
         raise ConfigError(f"{where}: expected a mapping {{name, kind, and one of: {', '.join(SOURCES)}}}")

@@ -1,4 +1,4 @@
-"""Calibration must not see evaluation data, or quantization is tuned on the test set."""
+"""Calibration and dev data must not see evaluation data, or quantization is tuned on the test set."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ class SetFingerprint:
 
     name: str
     kind: str
+    role: str = "eval"  # eval | calibration | dev, as in the prepared summary
     source_audio: dict[str, str] = field(default_factory=dict)  # sha256 of the source file
     prepared_audio: dict[str, str] = field(default_factory=dict)  # sha256 of the prepared WAV
     sentences: dict[str, str] = field(default_factory=dict)  # normalized text
@@ -26,26 +27,27 @@ class SetFingerprint:
                 table.setdefault(key, utterance_id)
 
 
-def check_disjoint(calibration: SetFingerprint, eval_sets: Sequence[SetFingerprint]) -> None:
-    """No shared audio (source or prepared); for a synthetic calibration set, no shared sentence.
+def check_disjoint(held: SetFingerprint, others: Sequence[SetFingerprint]) -> None:
+    """No shared audio (source or prepared); for a synthetic `held` set, no shared sentence.
 
-    Real recordings may legitimately repeat a short phrase, so only synthetic calibration text
-    (which is under our control) must differ from every eval reference.
+    `held` is the calibration or the dev set, `others` the sets it must not overlap. Real
+    recordings may legitimately repeat a short phrase, so only synthetic text (which is under our
+    control) must differ from every other set's references.
     """
-    for eval_set in eval_sets:
-        _require_disjoint("audio file", calibration, eval_set, "source_audio")
-        _require_disjoint("prepared audio", calibration, eval_set, "prepared_audio")
-        if calibration.kind == "synthetic":
-            _require_disjoint("sentence", calibration, eval_set, "sentences")
+    for other in others:
+        _require_disjoint("audio file", held, other, "source_audio")
+        _require_disjoint("prepared audio", held, other, "prepared_audio")
+        if held.kind == "synthetic":
+            _require_disjoint("sentence", held, other, "sentences")
 
 
-def _require_disjoint(what: str, calibration: SetFingerprint, eval_set: SetFingerprint, table: str) -> None:
-    calibration_keys, eval_keys = getattr(calibration, table), getattr(eval_set, table)
-    shared = sorted(set(calibration_keys) & set(eval_keys), key=lambda k: calibration_keys[k])
+def _require_disjoint(what: str, held: SetFingerprint, other: SetFingerprint, table: str) -> None:
+    held_keys, other_keys = getattr(held, table), getattr(other, table)
+    shared = sorted(set(held_keys) & set(other_keys), key=lambda k: held_keys[k])
     if shared:
         first = shared[0]
         raise DataError(
-            f"calibration set '{calibration.name}' and eval set '{eval_set.name}' share {len(shared)} "
-            f"{what}(s), e.g. calibration {calibration_keys[first]} = eval {eval_keys[first]}: "
-            "calibration data must not overlap evaluation data; use different sources or sentences"
+            f"{held.role} set '{held.name}' and {other.role} set '{other.name}' share {len(shared)} "
+            f"{what}(s), e.g. {held.role} {held_keys[first]} = {other.role} {other_keys[first]}: "
+            f"{held.role} data must not overlap {other.role} data; use different sources or sentences"
         )

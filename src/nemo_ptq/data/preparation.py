@@ -1,5 +1,6 @@
-"""The prepare step: every configured set -> checked mono audio, references and model features,
-in the layout of `nemo_ptq.data.prepared`.
+"""The prepare steps: every configured set -> checked mono audio, references and model features,
+in the layout of `nemo_ptq.data.prepared` (the prepare stage: eval and calibration sets; the
+prepare-dev stage: the dev set, checked against what prepare wrote).
 
 Cheap checks (manifests, files, sentences, overlap of sources) run before the model is loaded,
 so a bad input fails in seconds rather than after feature extraction. References are normalized
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -21,22 +23,45 @@ from nemo_ptq.data.audio import load_audio, pcm16_to_float, sha256_file, to_pcm1
 from nemo_ptq.data.config import DataParams, SetSpec
 from nemo_ptq.data.disjoint import SetFingerprint, check_disjoint
 from nemo_ptq.data.features import FeatureExtractor
-from nemo_ptq.data.prepared import MANIFEST, SUMMARY
+from nemo_ptq.data.prepared import MANIFEST, SUMMARY, PreparedData, PreparedSet
 from nemo_ptq.data.sources import collect
 from nemo_ptq.data.text import model_characters, normalize_text, vocabulary_warning
 from nemo_ptq.data.utterance import SourceUtterance
-from nemo_ptq.errors import DataError
+from nemo_ptq.errors import ConfigError, DataError
 from nemo_ptq.models.card import read_card
 
 
 def prepare_data(params: DataParams, model_path: Path, out_dir: Path) -> dict:
     """Write all sets and summary.json under out_dir; returns the summary."""
+    roles = [(spec, "eval") for spec in params.eval_sets] + [(params.calibration_set, "calibration")]
+
+    def check(fingerprints: dict[str, SetFingerprint]) -> None:
+        check_disjoint(fingerprints[params.calibration_set.name], [fingerprints[s.name] for s in params.eval_sets])
+
+    return _prepare(roles, check, params.max_duration_s, model_path, out_dir)
+
+
+def prepare_dev(spec: SetSpec, max_duration_s: float, model_path: Path, prepared_root: Path, out_dir: Path) -> dict:
+    """The dev set (sensitivity and accuracy budgets tune on it) in the prepared layout, checked
+    disjoint from every set that the prepare stage wrote: eval sets and the calibration set."""
+    prepared = PreparedData.load(prepared_root)
+    if spec.name in {s.name for s in prepared.sets}:
+        raise ConfigError(f"dev_set name {spec.name!r} is already a set in {prepared_root}; give it another name")
+    others = [_prepared_fingerprint(s) for s in prepared.sets]
+
+    def check(fingerprints: dict[str, SetFingerprint]) -> None:
+        check_disjoint(fingerprints[spec.name], others)
+
+    return _prepare([(spec, "dev")], check, max_duration_s, model_path, out_dir)
+
+
+def _prepare(roles: list[tuple[SetSpec, str]], check: Callable[[dict[str, SetFingerprint]], None],
+             max_duration_s: float, model_path: Path, out_dir: Path) -> dict:
     from nemo_ptq.models.loading import load_nemo  # imports NeMo: only after the cheap checks
 
     out_dir = Path(out_dir)
     card = read_card(Path(model_path).parent)  # fetch-pretrained writes it next to model.nemo
     characters = model_characters(card["vocabulary"], card["tokenizer"])
-    roles = [(spec, "eval") for spec in params.eval_sets] + [(params.calibration_set, "calibration")]
     with tempfile.TemporaryDirectory(prefix="nemo_ptq_prepare_") as scratch:
         listed = []
         for spec, role in roles:
@@ -46,26 +71,26 @@ def prepare_data(params: DataParams, model_path: Path, out_dir: Path) -> dict:
         warning = vocabulary_warning((utt.text for _, _, utterances in listed for utt in utterances), characters)
         if warning:
             print(warning, file=sys.stderr, flush=True)
-        fingerprints = {spec.name: _source_fingerprint(spec, utterances, characters)
-                        for spec, _, utterances in listed}
-        _check_roles_disjoint(params, fingerprints)
+        fingerprints = {spec.name: _source_fingerprint(spec, role, utterances, characters)
+                        for spec, role, utterances in listed}
+        check(fingerprints)
 
         extractor = FeatureExtractor(load_nemo(model_path))
         sets = [
-            _write_set(spec, role, utterances, extractor, params.max_duration_s, out_dir / spec.name,
+            _write_set(spec, role, utterances, extractor, max_duration_s, out_dir / spec.name,
                        fingerprints[spec.name], characters)
             for spec, role, utterances in listed
         ]
-        _check_roles_disjoint(params, fingerprints)  # now with the prepared audio's hashes
+        check(fingerprints)  # now with the prepared audio's hashes
 
     summary = {"sample_rate": extractor.sample_rate, "feature_dim": extractor.feature_dim, "sets": sets}
     (out_dir / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
 
-def _source_fingerprint(spec: SetSpec, utterances: list[SourceUtterance], characters: frozenset[str]
+def _source_fingerprint(spec: SetSpec, role: str, utterances: list[SourceUtterance], characters: frozenset[str]
                         ) -> SetFingerprint:
-    fingerprint = SetFingerprint(name=spec.name, kind=spec.kind)
+    fingerprint = SetFingerprint(name=spec.name, kind=spec.kind, role=role)
     for utt in utterances:
         text_norm = normalize_text(utt.text, characters)
         if not text_norm:
@@ -77,8 +102,12 @@ def _source_fingerprint(spec: SetSpec, utterances: list[SourceUtterance], charac
     return fingerprint
 
 
-def _check_roles_disjoint(params: DataParams, fingerprints: dict[str, SetFingerprint]) -> None:
-    check_disjoint(fingerprints[params.calibration_set.name], [fingerprints[s.name] for s in params.eval_sets])
+def _prepared_fingerprint(prepared_set: PreparedSet) -> SetFingerprint:
+    """What a prepared set holds: its WAVs' hashes and normalized references (its sources are gone)."""
+    fingerprint = SetFingerprint(name=prepared_set.name, kind=prepared_set.kind, role=prepared_set.role)
+    for utt in prepared_set.utterances():
+        fingerprint.add(utt.id, prepared_sha256=sha256_file(utt.audio_path), text_norm=utt.text_norm)
+    return fingerprint
 
 
 def _write_set(spec: SetSpec, role: str, utterances: list[SourceUtterance], extractor: FeatureExtractor,

@@ -2,7 +2,7 @@
 
     <prepared>/summary.json
         {"sample_rate": 16000, "feature_dim": 64,
-         "sets": [{"name", "kind": "real"|"synthetic", "role": "eval"|"calibration",
+         "sets": [{"name", "kind": "real"|"synthetic", "role": "eval"|"calibration"|"dev",
                    "utterances", "seconds"}, ...]}
     <prepared>/<set name>/manifest.jsonl
         one JSON object per utterance: {"id", "audio_filepath" (relative to the set folder),
@@ -100,6 +100,14 @@ class PreparedData:
         found = [s for s in self.sets if s.role == "calibration"]
         if len(found) != 1:
             raise DataError(f"{self.root / SUMMARY} lists {len(found)} calibration sets, expected 1")
+        return found[0]
+
+    @property
+    def dev_set(self) -> PreparedSet:
+        found = [s for s in self.sets if s.role == "dev"]
+        if len(found) != 1:
+            raise DataError(f"{self.root / SUMMARY} lists {len(found)} dev sets, expected 1: "
+                            "run the prepare-dev stage (dvc repro prepare-dev)")
         return found[0]
 
     def iter_eval(self) -> Iterator[tuple[PreparedSet, Utterance]]:

@@ -73,6 +73,8 @@ def model_card(params, reports: dict, model_path: Path, load_seconds: float) -> 
         "evaluation_examples": {name: result["examples"] for name, result in evaluation.items()
                                 if isinstance(result, dict)},
         "restore_seconds": load_seconds,
+        "held_out": {"espeak_voices": list(params.heldout.espeak_voices),
+                     "sentence_files": list(params.heldout.sentence_files)},
     }
 
 
@@ -132,7 +134,9 @@ def render_markdown(card: dict) -> str:
                             runs="\n".join(_run_lines(training["runs"])),
                             curve="\n".join(_curve_lines(training["curve"])),
                             results="\n".join(results), examples=examples,
-                            params=json.dumps(training["params"]))
+                            params=json.dumps(training["params"]),
+                            heldout_voices=", ".join(card["held_out"]["espeak_voices"]),
+                            heldout_sentences=", ".join(f"`{f}`" for f in card["held_out"]["sentence_files"]))
 
 
 def write_progress(progress: dict, params: dict, path: Path) -> None:
@@ -195,9 +199,8 @@ speed-perturbed copies at 0.9 and 1.1) and {data[synthetic_hours]:.2f} h synthet
   (`kokoro_librispeech`), and espeak-ng with 12 voices (`espeak_train`).
 - Never trained on (checked by the recipe, which fails on any overlap): the 100 LibriSpeech test-other
   utterances; the Kokoro voices af_heart, am_michael, bm_george and the sentences they read; the
-  espeak-ng voices the pipeline evaluates and calibrates on (en-us+f3, en-gb+m4, en-us+klatt2,
-  en-us+m2, en-gb+f2; no klatt variant is used at all) and every sentence of
-  `data/text/eval_sentences.txt` and `data/text/calibration_sentences.txt`.
+  espeak-ng voices the pipeline evaluates, calibrates and tunes on ({heldout_voices}; no klatt
+  variant is used at all) and every sentence of {heldout_sentences}.
 
 ## Training
 - Started from `{init[path]}` (sha256 `{init[sha256]}`): {training[before_this_recipe]}.

@@ -78,8 +78,10 @@ def starting_weights(source: dict, target: dict, seed: int) -> dict:
         return source
     from embedded_recipe.widen import widened_state_dict
 
+    def count(state: dict) -> int:
+        return sum(v.numel() for k, v in state.items() if "running" not in k and v.is_floating_point())
+
     weights = widened_state_dict(source, target, noise=WIDENING_NOISE, seed=seed)
-    count = lambda sd: sum(v.numel() for k, v in sd.items() if "running" not in k and v.is_floating_point())  # noqa: E731
     print(f"widening init_from: {count(source) / 1e6:.2f} M -> {count(weights) / 1e6:.2f} M parameters "
           "(each channel repeated; the wide model starts from the narrow one's function)", flush=True)
     return weights
