@@ -11,14 +11,13 @@ same model behind the model's own preprocessor (fetch-pretrained's frontend.onnx
 Presets are named by the CPU they suit: `avx512_vnni` (U8 activations, S8 per-channel weights,
 full 8-bit ranges: for x86 CPUs with an int8 dot product, VNNI or AMX), `avx2` (same with 7-bit
 ranges, against the 16-bit saturation of u8*s8 products without one), `arm64` (S8 activations and
-S8 per-channel weights, full ranges: the QDQ format ORT recommends for ARM64), `auto` (the
+S8 per-channel weights, full ranges: for ARM64 CPUs with a dot product, SDOT), `auto` (the
 default: whichever of the three fits the CPU that runs the stage, `nemo_ptq.cpu`; variant.json and
 the metrics record the one taken), and `ort_defaults` (exactly `quantize_static`'s default
 arguments: S8/S8 per-tensor, no pre-processing, every op type ORT can quantize) as the peer
-baseline. Fields set in params
-override the preset. The ISA presets quantize weight layers, adds and ReLUs only, keep products of
-two activations (attention scores) in float, and run the last weight layer (the CTC logits) in
-float on 8-bit inputs (`float_logits`).
+baseline. Fields set in params override the preset. The ISA presets quantize weight layers, adds
+and ReLUs only, keep products of two activations (attention scores) in float, and run the last
+weight layer (the CTC logits) in float on 8-bit inputs (`float_logits`).
 """
 
 from __future__ import annotations
@@ -277,7 +276,7 @@ class OrtBackend(Backend):
 
 def preset_for(found: cpu.Cpu) -> str:
     """The ISA preset that is exact and fast on this CPU: full 8-bit ranges need an int8 dot product;
-    on ARM64 with one (SDOT), S8 activations (ORT's recommended QDQ format there)."""
+    on ARM64 with one (SDOT), S8 activations (`quantize_static`'s default type)."""
     if found.profile == "arm_dotprod":
         return "arm64"
     return "avx512_vnni" if found.int8_dot else "avx2"
