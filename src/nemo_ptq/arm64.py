@@ -85,7 +85,8 @@ class Emulator:
     def describe(self) -> dict:
         version = subprocess.run([QEMU, "--version"], capture_output=True, text=True).stdout.splitlines()[0]
         return {"emulator": version, "cpu": f"qemu -cpu {QEMU_CPU}; the tree's /proc/cpuinfo (scripts/arm64_env.sh) "
-                                            "lists Neoverse N1 entries: onnxruntime's cpuinfo crashes on the host's"}
+                                            "lists Neoverse N1 entries, as onnxruntime's cpuinfo library crashes on "
+                                            "the host's x86 one"}
 
 
 def run_emulated(emulator: Emulator, backend: str, artifact: Path, features: Sequence[np.ndarray],
