@@ -209,7 +209,7 @@ class TestOrt(BackendTemplate):
     backend = "ort"
     options = {"quartznet": {}, "citrinet": {}}
     float_layers = {"quartznet": {"decoder"}, "citrinet": {CITRINET_DECODER}}  # float_logits
-    bad_option = ({"preset": "avx9"}, "choose one of: auto, avx512_vnni, avx2, ort_defaults")
+    bad_option = ({"preset": "avx9"}, "choose one of: auto, avx512_vnni, avx2, arm64, ort_defaults")
 
 
 class TestOv(BackendTemplate):

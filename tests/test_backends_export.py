@@ -152,6 +152,23 @@ def test_ort_rejects_ranges_from_another_model(tmp_path, tiny_fused):
         backend.quantize(tiny_fused, tmp_path / "cal", tmp_path / "q")
 
 
+@pytest.mark.parametrize("preset, activation", [("arm64", onnx.TensorProto.INT8),
+                                                ("avx512_vnni", onnx.TensorProto.UINT8)])
+def test_ort_preset_sets_the_activation_type_of_the_qdq_graph(tmp_path, tiny_fused, preset, activation):
+    """arm64 is S8S8: every QuantizeLinear (activations; weights are stored quantized) has an int8
+    zero point, where the x86 presets have uint8; weights are int8 per channel in both."""
+    _, artifact = _build(tmp_path, tiny_fused, {"backend": "ort", "preset": preset, "calibration": CALIBRATION})
+    model = onnx.load(str(artifact / "model.onnx"))
+    initializers = {init.name: init for init in model.graph.initializer}
+    quantize = [node for node in model.graph.node if node.op_type == "QuantizeLinear"]
+    assert len(quantize) >= 30  # the input of each encoder conv, adds and the float-logits decoder
+    assert {initializers[node.input[2]].data_type for node in quantize} == {activation}
+    weights = [initializers[node.input[0]] for node in model.graph.node
+               if node.op_type == "DequantizeLinear" and len(initializers.get(node.input[0], onnx.TensorProto()).dims) > 1
+               and len(initializers[node.input[1]].dims) == 1]  # conv kernels (not int32 biases), per-channel scales
+    assert weights and {weight.data_type for weight in weights} == {onnx.TensorProto.INT8}
+
+
 def test_ort_defaults_peer_leaves_convs_in_float(tmp_path, tiny_fused):
     """quantize_static's defaults (S8S8 per-tensor, no pre-processing) leave Relu-followed convs as
     DQ -> FP32 Conv -> Q in ORT's optimized graph: describe() reports what really runs."""
@@ -268,7 +285,7 @@ def test_pt2e_needs_a_compiler(tmp_path, tiny_fused, monkeypatch):
 
 @pytest.mark.parametrize("entry, message", [
     ({"backend": "ort", "precision": "int4"}, "choose one of: int8, dynamic, fp32"),
-    ({"backend": "ort", "preset": "avx9"}, "choose one of: auto, avx512_vnni, avx2, ort_defaults"),
+    ({"backend": "ort", "preset": "avx9"}, "choose one of: auto, avx512_vnni, avx2, arm64, ort_defaults"),
     ({"backend": "ort", "activation_type": "u16"}, "choose one of: u8, s8"),
     ({"backend": "ort", "calibration": {"method": "mse"}}, "choose one of: minmax, entropy, percentile"),
     ({"backend": "ort", "calibration": {"percentile": 10}}, r"percentile must be in \(50, 100\]"),
@@ -287,10 +304,11 @@ def test_config_errors_name_the_valid_choices(entry, message):
 
 @pytest.mark.parametrize("profile, preset, reduce_range", [
     ("amx", "avx512_vnni", False), ("avx512_bf16", "avx512_vnni", False), ("vnni", "avx512_vnni", False),
-    ("arm_dotprod", "avx512_vnni", False), ("avx2", "avx2", True), ("generic", "avx2", True),
+    ("arm_dotprod", "arm64", False), ("avx2", "avx2", True), ("generic", "avx2", True),
 ])
 def test_ort_auto_preset_fits_the_cpu_and_is_recorded(monkeypatch, profile, preset, reduce_range):
-    """Full 8-bit ranges only where u8*s8 products cannot saturate; variant.json names the preset taken."""
+    """Full 8-bit ranges only where u8*s8 products cannot saturate, S8 activations on ARM64 with a
+    dot product; variant.json names the preset taken."""
     from nemo_ptq import cpu
 
     monkeypatch.setattr(cpu, "detect", lambda: cpu.Cpu(model="Test CPU", profile=profile, isa=[]))

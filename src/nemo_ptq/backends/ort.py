@@ -9,14 +9,15 @@ dynamic`: `quantize_dynamic`, which needs none), and write a deployable folder: 
 same model behind the model's own preprocessor (fetch-pretrained's frontend.onnx), fed audio.
 
 Presets are named by the CPU they suit: `avx512_vnni` (U8 activations, S8 per-channel weights,
-full 8-bit ranges: for CPUs with an int8 dot product, VNNI, AMX or ARM's dot product), `avx2`
-(same with 7-bit ranges, against the 16-bit saturation of u8*s8 products without one), `auto`
-(the default: whichever of the two fits the CPU that runs the stage, `nemo_ptq.cpu`; variant.json
-and the metrics record the one taken), and `ort_defaults` (exactly `quantize_static`'s default arguments: S8/S8 per-tensor, no
-pre-processing, every op type ORT can quantize) as the peer baseline. Fields set in params
-override the preset. The ISA presets quantize weight layers, adds and ReLUs only, keep products of
-two activations (attention scores) in float, and run the last weight layer (the CTC logits) in
-float on 8-bit inputs (`float_logits`).
+full 8-bit ranges: for x86 CPUs with an int8 dot product, VNNI or AMX), `avx2` (same with 7-bit
+ranges, against the 16-bit saturation of u8*s8 products without one), `arm64` (S8 activations and
+S8 per-channel weights, full ranges: for ARM64 CPUs with a dot product, SDOT), `auto` (the
+default: whichever of the three fits the CPU that runs the stage, `nemo_ptq.cpu`; variant.json and
+the metrics record the one taken), and `ort_defaults` (exactly `quantize_static`'s default
+arguments: S8/S8 per-tensor, no pre-processing, every op type ORT can quantize) as the peer
+baseline. Fields set in params override the preset. The ISA presets quantize weight layers, adds
+and ReLUs only, keep products of two activations (attention scores) in float, and run the last
+weight layer (the CTC logits) in float on 8-bit inputs (`float_logits`).
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ PRESETS = {
                     "preprocess": True, "op_types_to_quantize": WEIGHT_LAYERS_AND_ADDS, "float_logits": True},
     "avx2": {"activation_type": "u8", "weight_type": "s8", "per_channel": True, "reduce_range": True,
              "preprocess": True, "op_types_to_quantize": WEIGHT_LAYERS_AND_ADDS, "float_logits": True},
+    "arm64": {"activation_type": "s8", "weight_type": "s8", "per_channel": True, "reduce_range": False,
+              "preprocess": True, "op_types_to_quantize": WEIGHT_LAYERS_AND_ADDS, "float_logits": True},
     "ort_defaults": {"activation_type": "s8", "weight_type": "s8", "per_channel": False, "reduce_range": False,
                      "preprocess": False, "op_types_to_quantize": [],  # []: every op ORT can quantize
                      "float_logits": False},
@@ -80,7 +83,7 @@ class OrtConfig:
     # int8: static QDQ from calibrated ranges; dynamic: `quantize_dynamic` (weights only, activation
     # ranges per call, no calibration: what sherpa-onnx ships); fp32: the exported model as is.
     precision: str = "int8"
-    preset: str = cpu.AUTO  # auto | avx512_vnni | avx2 | ort_defaults; the fields below override it
+    preset: str = cpu.AUTO  # auto | avx512_vnni | avx2 | arm64 | ort_defaults; the fields below override it
     activation_type: str | None = None  # u8 | s8
     weight_type: str | None = None  # u8 | s8
     per_channel: bool | None = None
@@ -272,7 +275,10 @@ class OrtBackend(Backend):
 
 
 def preset_for(found: cpu.Cpu) -> str:
-    """The ISA preset that is exact and fast on this CPU: full 8-bit ranges need an int8 dot product."""
+    """The ISA preset that is exact and fast on this CPU: full 8-bit ranges need an int8 dot product;
+    on ARM64 with one (SDOT), S8 activations (`quantize_static`'s default type)."""
+    if found.profile == "arm_dotprod":
+        return "arm64"
     return "avx512_vnni" if found.int8_dot else "avx2"
 
 
