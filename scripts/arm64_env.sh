@@ -14,7 +14,6 @@ CACHE="${NEMO_PTQ_ARM64:-$HOME/.cache/nemo_ptq/arm64}"
 ROOT="$CACHE/root"  # the Debian arm64 tree (qemu's -L)
 SITE="$CACHE/site"  # the aarch64 wheels (PYTHONPATH of the emulated python)
 SUITE=bookworm      # Debian 12: python3 is 3.11, as on the host
-MIRROR=http://deb.debian.org/debian
 # Named one by one and installed without resolving: with --platform, pip would judge the wheels'
 # dependency markers by this x86 host and pull torch's x86-only CUDA packages.
 PINS=(onnxruntime numpy PyYAML flatbuffers packaging protobuf sympy mpmath
@@ -43,7 +42,7 @@ if [ ! -x "$ROOT/usr/bin/python3" ]; then
   # extract: unpack the packages and their dependencies without running their scripts (those would
   # need binfmt_misc); libgomp1 and libstdc++6 are what the torch and onnxruntime wheels link to.
   mmdebstrap --quiet --arch=arm64 --variant=extract --include=python3,libgomp1,libstdc++6,zlib1g \
-    "$SUITE" "$ROOT" "$MIRROR"
+    "$SUITE" "$ROOT"  # no mirror given: the host's apt sources
 fi
 # qemu-user reads a path inside -L's tree before the host's, so this stands in for the host's x86
 # /proc/cpuinfo, on which the cpuinfo library in onnxruntime crashes under emulation: one ARM
