@@ -5,9 +5,11 @@ quartznet_tiny) and a Citrinet-style NeMo module (`NemoCTC`: squeeze-excite, str
 BPE vocabulary), both with random weights.
 
 The positive case runs calibrate -> quantize -> describe -> load -> run and checks the on-disk
-layout, the coverage figures over the model's own layer table, and the output against FP32. The
-negative cases: no calibration, another backend's or another config's calibration, another
-model's calibration, no calibration utterances, and bad options.
+layout, the coverage figures over the model's own layer table, and the output against FP32; a
+second one keeps layers in float (`float_layers`) from the calibration that also serves the
+all-INT8 artifact. The negative cases: no calibration, another backend's or another config's
+calibration, another model's calibration, no calibration utterances, unknown float layers, and
+bad options.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import yaml
 from conftest import REPO_ROOT
 from nemo_ptq.backends import available, get_backend
 from nemo_ptq.backends.base import CONFIG_FILE, Backend, register, registry
-from nemo_ptq.backends.calibration import select_utterances
+from nemo_ptq.backends.calibration import CalibrationSample, select_utterances
 from nemo_ptq.errors import CalibrationError, ConfigError, UnsupportedModelError
 from nemo_ptq.evaluation.throughput import pad_batch
 from nemo_ptq.models.architectures import QUARTZNET_VOCABULARY
@@ -130,6 +132,54 @@ class BackendTemplate:
         assert len(np.unique(np.round(log_probs - log_probs.max(-1, keepdims=True), 5))) > 1000
         self.check_padded_batch(backend, tmp_path / "q", card)
 
+    def float_choice(self, int8_layers: list[str]) -> list[str]:
+        """Layers to keep in float: the first INT8 one and one in the middle."""
+        return [int8_layers[0], int8_layers[len(int8_layers) // 2]]
+
+    def test_float_layers_share_one_calibration(self, tmp_path, fp32_models, model):
+        """Layers kept in float at quantize time, from a calibration that ignores them: the same
+        folder then serves the all-INT8 artifact."""
+        fp32, card = fp32_models[model]
+        if model not in self.options:
+            pytest.skip(f"the {self.backend} backend refuses {model} (test_calibrate_quantize_describe_run)")
+        table = weight_layers(fp32, card["feature_dim"])
+        float_before = self.float_layers[model] | {path for path in table if self.float_pattern.search(path)}
+        chosen = self.float_choice([path for path in table if path not in float_before])
+        backend, cal = self.calibrated(tmp_path, fp32, card, model, float_layers=chosen)
+        assert "float_layers" not in json.loads((cal / CONFIG_FILE).read_text())
+
+        mac_fraction = {}
+        for out, quantizer, float_expected in (("q_float", backend, float_before | set(chosen)),
+                                               ("q_int8", self.make(model, card), float_before)):
+            quantizer.quantize(fp32, cal, tmp_path / out)
+            saved = json.loads((tmp_path / out / CONFIG_FILE).read_text())
+            assert saved["float_layers"] == quantizer.config.float_layers
+            info = quantizer.describe(tmp_path / out)
+            assert {name for name, p in info.layer_precisions.items() if p != "int8"} == float_expected
+            mac_fraction[out] = info.int8_weight_mac_fraction
+        chosen_share = sum(table[path].macs for path in chosen) / sum(layer.macs for layer in table.values())
+        assert mac_fraction["q_float"] == pytest.approx(mac_fraction["q_int8"] - chosen_share)
+
+        features = _features(card["feature_dim"], 1, 320, seed=1)[0][None]
+        log_probs = backend.load(tmp_path / "q_float", threads=1)(features)
+        with torch.inference_mode():
+            reference = fp32(torch.from_numpy(features)).numpy()
+        assert (log_probs.argmax(-1) == reference.argmax(-1)).mean() >= 0.8
+
+    def test_unknown_float_layer_is_a_config_error(self, tmp_path, tiny_fused):
+        backend = self.make("quartznet", QUARTZNET_CARD, float_layers=["blocks.0.nope"])
+        message = (r"variants\.v\.float_layers: 'blocks\.0\.nope' is not a weight layer of this model; "
+                   r"name FP32 module paths from its layer table \(blocks\.0\.body\.0\.conv, ")
+        with pytest.raises(ConfigError, match=message):
+            backend.calibrate(tiny_fused, iter(_features(64, 3, 160, seed=0)), tmp_path / "cal")
+        assert not (tmp_path / "cal").exists()
+        (tmp_path / "cal").mkdir()
+        self.make("quartznet", QUARTZNET_CARD).save_config(tmp_path / "cal")  # a calibration without them
+        (tmp_path / "cal" / backend.calibration_file).write_bytes(b"")
+        with pytest.raises(ConfigError, match=message):
+            backend.quantize(tiny_fused, tmp_path / "cal", tmp_path / "q")
+        assert not (tmp_path / "q").exists()
+
     def check_padded_batch(self, backend: Backend, artifact_dir, card: dict) -> None:
         """A length-sorted, zero-padded batch of two: the longest row is what it gives alone; with
         `load_batch` (padding masked) the shorter row's valid frames are too."""
@@ -211,6 +261,24 @@ class TestOrt(BackendTemplate):
     float_layers = {"quartznet": {"decoder"}, "citrinet": {CITRINET_DECODER}}  # float_logits
     bad_option = ({"preset": "avx9"}, "choose one of: auto, avx512_vnni, avx2, arm64, ort_defaults")
 
+    def float_choice(self, int8_layers):
+        return int8_layers[:1]  # it reads the float features; ORT requantizes layers between 8-bit tensors
+
+    def test_a_float_layer_between_8_bit_tensors_is_refused(self, tmp_path, tiny_fused):
+        middle = list(weight_layers(tiny_fused, 64))[3]
+        backend, cal = self.calibrated(tmp_path, tiny_fused, QUARTZNET_CARD, float_layers=[middle])
+        with pytest.raises(ConfigError, match=f"float_layers: onnxruntime runs '{middle}' in INT8 anyway"):
+            backend.quantize(tiny_fused, cal, tmp_path / "q")
+        assert not (tmp_path / "q" / CONFIG_FILE).exists()
+
+    def test_dynamic_precision_keeps_float_layers_too(self, tmp_path, tiny_fused):
+        chosen = list(weight_layers(tiny_fused, 64))[:2]
+        backend = self.make("quartznet", QUARTZNET_CARD, precision="dynamic", float_layers=chosen)
+        backend.calibrate(tiny_fused, iter([]), tmp_path / "cal")
+        backend.quantize(tiny_fused, tmp_path / "cal", tmp_path / "q")
+        precisions = backend.describe(tmp_path / "q").layer_precisions
+        assert {name for name, p in precisions.items() if p != "int8"} == {"decoder", *chosen}
+
 
 class TestOv(BackendTemplate):
     backend = "ov"
@@ -259,6 +327,31 @@ def test_a_config_without_calibration_must_say_so():
     with pytest.raises(TypeError, match="calibration field or override calibration_sample"):
         register(Silent)
     assert "silent" not in registry()
+
+
+def test_a_config_must_take_float_layers():
+    @dataclass(frozen=True)
+    class NoFloatLayers:
+        calibration: CalibrationSample = CalibrationSample()
+
+    class Rigid(Backend):
+        name, config_class, calibration_file = "rigid", NoFloatLayers, "x"
+        observe = convert = load = describe = None
+
+    with pytest.raises(TypeError, match="derive NoFloatLayers from BackendConfig"):
+        register(Rigid)
+    assert "rigid" not in registry()
+
+
+@pytest.mark.parametrize("entry, message", [
+    ({"backend": "ort", "precision": "fp32"}, "float_layers has nothing to keep in float: precision fp32"),
+    ({"backend": "ov", "precision": "fp32"}, "float_layers has nothing to keep in float: precision fp32"),
+    ({"backend": "ort", "float_layers": "decoder"}, "float_layers must be a list of FP32 module paths"),
+    ({"backend": "pt2e", "float_layers": ["decoder", "decoder"]}, "float_layers names a layer twice"),
+])
+def test_float_layers_are_validated(entry, message):
+    with pytest.raises(ConfigError, match=f"variants.v: {message}"):
+        get_backend("v", {"float_layers": ["decoder"], **entry}, QUARTZNET_CARD)
 
 
 def test_fp32_variants_need_no_calibration(tmp_path, tiny_fused):

@@ -19,6 +19,8 @@ the artifact from it), `load` and `describe`. This class owns the rest of the co
   which raises `CalibrationError` for a missing folder or one made by another backend or config.
 - one table of weight layers and MACs per model (`nemo_ptq.models.layers`), keyed by the FP32
   module path; each backend maps it to its own layer names, so coverage means the same everywhere.
+- `float_layers` (`BackendConfig`, the base of every config): layers of that table kept in float,
+  checked against the model's table at calibrate and quantize, applied by each backend's convert.
 
 `fp32` is the FP32 model from the fuse stage (`FusedCTC`, or `NemoCTC` for other NeMo models).
 Each stage runs in its own process, so everything a later stage needs goes through files.
@@ -39,7 +41,7 @@ import json
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
@@ -48,7 +50,7 @@ import numpy as np
 from nemo_ptq.backends.calibration import CalibrationSample
 from nemo_ptq.cpu import Cpu
 from nemo_ptq.config import parse_dataclass
-from nemo_ptq.errors import CalibrationError, ConfigError
+from nemo_ptq.errors import CalibrationError, ConfigError, UnsupportedModelError
 
 CONFIG_FILE = "variant.json"
 LAYERS_FILE = "layers.json"
@@ -110,9 +112,39 @@ class ArtifactInfo:
         )
 
 
+@dataclass(frozen=True)
+class BackendConfig:
+    """What every backend's config dataclass inherits; a subclass that defines `__post_init__`
+    calls this one's.
+
+    Every option is part of the calibration's identity (`Backend.calibration_identity`, checked
+    by quantize) except the convert options: those choose what quantize builds from a
+    calibration, which every backend makes whatever their value (all layers observed) and applies
+    only at convert. So one calibration folder serves every value of them: issue 11's sensitivity
+    and budget searches quantize many times from one calibration this way.
+    """
+
+    CONVERT_OPTIONS: ClassVar[tuple[str, ...]] = ("float_layers",)
+
+    # FP32 module paths (the layer table's keys, `nemo_ptq.models.layers`) of weight layers that
+    # stay in float, on the 8-bit activations around them; the backend maps them to its own names.
+    float_layers: list[str] = field(default_factory=list, kw_only=True)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.float_layers, list) or not all(isinstance(p, str) for p in self.float_layers):
+            raise ValueError("float_layers must be a list of FP32 module paths (e.g. blocks.0.body.0.conv)")
+        if len(set(self.float_layers)) != len(self.float_layers):
+            raise ValueError("float_layers names a layer twice")
+
+    def refuse_float_layers(self, why: str) -> None:
+        """For a config that quantizes nothing: float_layers would silently do nothing."""
+        if self.float_layers:
+            raise ValueError(f"float_layers has nothing to keep in float: {why}; remove it")
+
+
 class Backend(ABC):
-    """Subclasses set `name`, `config_class` and `calibration_file`, and implement `observe`,
-    `convert`, `load` and `describe`."""
+    """Subclasses set `name`, `config_class` (a `BackendConfig`) and `calibration_file`, and
+    implement `observe`, `convert`, `load` and `describe`."""
 
     name: ClassVar[str]
     config_class: ClassVar[type]
@@ -175,6 +207,7 @@ class Backend(ABC):
     def calibrate(self, fp32: Any, features: Iterable[np.ndarray], out_dir: Path) -> None:
         """Write out_dir/variant.json and, for a variant that needs calibration, its payload."""
         out_dir = Path(out_dir)
+        self.check_float_layers(fp32)  # fail before calibrating, not after
         out_dir.mkdir(parents=True, exist_ok=True)
         if self.calibration_sample() is not None:
             features = iter(features)
@@ -183,19 +216,21 @@ class Backend(ABC):
                 raise ConfigError(f"variants.{self.variant}: calibration got no utterances: "
                                   "set calibration.num_utterances >= 1")
             self.observe(fp32, itertools.chain([first], features), out_dir / self.calibration_file)
-        self.save_config(out_dir)
+        _write_json(out_dir / CONFIG_FILE, self.calibration_identity())
 
     def quantize(self, fp32: Any, calibration_dir: Path, out_dir: Path) -> None:
         """Check the calibration folder, then build the artifact and its variant.json in out_dir."""
         payload = self.calibration_payload(calibration_dir)
+        self.check_float_layers(fp32)
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         self.convert(fp32, payload, out_dir)
         self.save_config(out_dir)
 
     def calibration_payload(self, calibration_dir: Path) -> Path | None:
-        """The payload of a calibration folder made by this backend with this config (None when
-        the variant needs no calibration), or a CalibrationError saying what to rerun."""
+        """The payload of a calibration folder made by this backend with this config, convert
+        options aside (None when the variant needs no calibration), or a CalibrationError saying
+        what to rerun."""
         calibration_dir = Path(calibration_dir)
         rerun = f"run dvc repro calibrate@{self.variant}"
         saved_path = calibration_dir / CONFIG_FILE
@@ -205,7 +240,8 @@ class Backend(ABC):
         if saved.get("backend") != self.name:
             raise CalibrationError(f"{calibration_dir} was calibrated by the {saved.get('backend')!r} backend, "
                                    f"not {self.name!r}: {rerun}")
-        expected = self.config_payload()
+        saved = {key: value for key, value in saved.items() if key not in self.config.CONVERT_OPTIONS}
+        expected = self.calibration_identity()
         if saved != expected:
             differ = sorted(key for key in set(saved) | set(expected) if saved.get(key) != expected.get(key))
             raise CalibrationError(f"{calibration_dir} was calibrated for another {self.name} config "
@@ -223,11 +259,28 @@ class Backend(ABC):
                                 f"run dvc repro calibrate@{self.variant}")
 
     def config_payload(self) -> dict:
-        """What variant.json holds: the backend and its config, as JSON values."""
+        """What the artifact's variant.json holds: the backend and its config, as JSON values."""
         return json.loads(json.dumps({"backend": self.name, **dataclasses.asdict(self.config)}))
 
+    def calibration_identity(self) -> dict:
+        """What the calibration's variant.json holds and quantize checks: the config payload less
+        the convert options (`BackendConfig`), which the calibration does not depend on."""
+        return {key: value for key, value in self.config_payload().items() if key not in self.config.CONVERT_OPTIONS}
+
     def save_config(self, out_dir: Path) -> None:
-        (Path(out_dir) / CONFIG_FILE).write_text(json.dumps(self.config_payload(), indent=2, sort_keys=True) + "\n")
+        _write_json(Path(out_dir) / CONFIG_FILE, self.config_payload())
+
+    def check_float_layers(self, fp32: Any) -> None:
+        """ConfigError unless every `float_layers` path is a weight layer of this model."""
+        if not self.config.float_layers:
+            return
+        table = self.layer_table(fp32)
+        unknown = [path for path in self.config.float_layers if path not in table]
+        if unknown:
+            examples = ", ".join(list(table)[:3])
+            raise ConfigError(f"variants.{self.variant}.float_layers: {unknown[0]!r} is not a weight layer of this "
+                              f"model; name FP32 module paths from its layer table ({examples}, ...; the `layers` "
+                              "of any metrics file)")
 
     def layer_table(self, fp32: Any):
         """The FP32 model's weight layers and MACs, by module path (`nemo_ptq.models.layers`)."""
@@ -235,6 +288,14 @@ class Backend(ABC):
         from nemo_ptq.models.layers import weight_layers
 
         return weight_layers(fp32, feature_dim(fp32, self.card))
+
+    def float_runtime_names(self, runtime_names: Mapping[str, Sequence[str]]) -> list[str]:
+        """The backend's own names of the `float_layers`, from its map of module path -> names."""
+        unnamed = [path for path in self.config.float_layers if not runtime_names.get(path)]
+        if unnamed:
+            raise UnsupportedModelError(f"variants.{self.variant}.float_layers: the {self.name} backend finds no "
+                                        f"layer of its own for {unnamed[0]!r}, so it cannot keep it in float")
+        return [name for path in self.config.float_layers for name in runtime_names[path]]
 
     @staticmethod
     def save_layers(out_dir: Path, table: Mapping[str, Any], runtime_names: Mapping[str, Sequence[str]],
@@ -255,9 +316,11 @@ class Backend(ABC):
         return table, extra.get("precisions")
 
 
+def _write_json(path: Path, payload: dict) -> None:
+    path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+
+
 _REGISTRY: dict[str, type[Backend]] = {}
-
-
 
 
 def register(cls: type[Backend]) -> type[Backend]:
@@ -265,6 +328,8 @@ def register(cls: type[Backend]) -> type[Backend]:
     if "calibration" not in fields and cls.calibration_sample is Backend.calibration_sample:
         raise TypeError(f"{cls.__name__}: give {cls.config_class.__name__} a calibration field or override "
                         "calibration_sample()")
+    if not issubclass(cls.config_class, BackendConfig):
+        raise TypeError(f"{cls.__name__}: derive {cls.config_class.__name__} from BackendConfig (float_layers)")
     _REGISTRY[cls.name] = cls
     return cls
 

@@ -7,6 +7,8 @@ takes 7-bit activations there. The artifact is
 the quantized state dict plus the rewrite's spec (smaller than TorchScript, whose per-module
 packed parameters add about 4 %); loading rebuilds the quantized module from the spec. The CTC
 decoder (1x1 conv, under 1 % of the MACs) stays float, so the logits are not rounded to 8 bits.
+`float_layers` runs each named conv in float between a dequantize and a quantize whose range is
+the one calibration observed at that conv's output (the calibration observes every conv).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import dataclasses
 import functools
 import json
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +28,7 @@ from torch import nn
 from torch.ao import quantization as tq
 
 from nemo_ptq import cpu
-from nemo_ptq.backends.base import ArtifactInfo, Backend, register, torch_threads
+from nemo_ptq.backends.base import ArtifactInfo, Backend, BackendConfig, register, torch_threads
 from nemo_ptq.backends.calibration import CalibrationSample
 from nemo_ptq.config import check_choices, check_flags
 from nemo_ptq.errors import BackendUnavailableError, UnsupportedModelError
@@ -39,6 +41,7 @@ OBSERVERS = {
     "histogram": tq.HistogramObserver,
 }
 MODEL = "model.int8.pt"
+DECODER = "decoder"  # the CTC logits layer, float in every eager variant
 
 
 @dataclass(frozen=True)
@@ -57,11 +60,12 @@ class EagerCalibration(CalibrationSample):
 
 
 @dataclass(frozen=True)
-class EagerConfig:
+class EagerConfig(BackendConfig):
     engine: str
     calibration: EagerCalibration = field(default_factory=EagerCalibration)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check_choices(self, {"engine": ENGINES})
         if self.calibration.reduce_range == cpu.AUTO:
             reduce = False if self.engine == "qnnpack" else cpu.resolve_reduce_range(cpu.AUTO)
@@ -102,8 +106,9 @@ class EagerBackend(Backend):
     config_class = EagerConfig
     calibration_file = "observers.pt"  # the activation observers' state
 
-    def _prepared(self, fused: FusedCTC) -> nn.Module:
-        """Fuse Conv+ReLU pairs, attach observers: the model calibration runs through."""
+    def _prepared(self, fused: FusedCTC, float_layers: Sequence[str] = ()) -> nn.Module:
+        """Fuse Conv+ReLU pairs, attach observers: the model calibration runs through (all layers
+        quantized), or with `float_layers` the one convert turns into the artifact."""
         if not isinstance(fused, FusedCTC):
             raise UnsupportedModelError(
                 "the eager backend quantizes the QuartzNet/Jasper rewrite only; the fuse stage found "
@@ -120,6 +125,8 @@ class EagerBackend(Backend):
         activation = OBSERVERS[cal.observer].with_args(dtype=torch.quint8, reduce_range=cal.reduce_range)
         model.qconfig = tq.QConfig(activation=activation, weight=weight)
         model.decoder.qconfig = None  # float CTC logits: 8-bit ones flip the argmax of near-tied frames
+        for path in _wrapped(float_layers):
+            _keep_float(model, path)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return tq.prepare(model)
@@ -134,8 +141,9 @@ class EagerBackend(Backend):
 
     @_in_engine
     def convert(self, fused: FusedCTC, payload: Path, out_dir: Path) -> None:
-        model = self._prepared(fused)
-        state = torch.load(payload, map_location="cpu", weights_only=True)
+        model = self._prepared(fused, self.config.float_layers)
+        state = _to_float_layer_stubs(torch.load(payload, map_location="cpu", weights_only=True),
+                                      self.config.float_layers)
         if set(state) != set(_observer_state(model)):  # observers of another model: wrong ranges
             raise self.foreign_calibration(payload, "holds observers of other layers than this model's")
         model.load_state_dict(state, strict=False)  # the weights stay those of `fused`
@@ -144,13 +152,14 @@ class EagerBackend(Backend):
         (out_dir / SPEC_FILE).write_text(json.dumps(fused.spec.to_json()) + "\n")
         table = self.layer_table(fused)
         modules = dict(quantized.named_modules())  # the quantized modules keep the FP32 module paths
-        self.save_layers(out_dir, table, {path: [path] for path in table if path in modules},
-                         {path: _precision(modules[path]) for path in table if path in modules})
+        wrapped = set(_wrapped(self.config.float_layers))
+        names = {path: [f"{path}.{FLOAT_INDEX}" if path in wrapped else path] for path in table if path in modules}
+        self.save_layers(out_dir, table, names, {name: _precision(modules[name]) for [name] in names.values()})
 
     @_in_engine
     def load(self, artifact_dir: Path, threads: int):
         spec = FusedSpec.from_json(json.loads((artifact_dir / SPEC_FILE).read_text()))
-        module = _convert(self._prepared(FusedCTC(spec)))
+        module = _convert(self._prepared(FusedCTC(spec), self.config.float_layers))
         module.load_state_dict(_expanded(torch.load(artifact_dir / MODEL, map_location="cpu", weights_only=True)))
 
         def run(features: np.ndarray) -> np.ndarray:
@@ -206,6 +215,35 @@ def _copy(fused: FusedCTC) -> FusedCTC:
 
 def _precision(module: nn.Module) -> str:
     return "int8" if "quantized" in type(module).__module__ else "fp32"
+
+
+# A float layer P becomes Sequential(DeQuantStub, P's module, QuantStub) at P: these index the
+# float module and the stub whose observer takes over the one calibration attached to P's output.
+FLOAT_INDEX, QUANT_INDEX = 1, 2
+
+
+def _wrapped(float_layers: Sequence[str]) -> list[str]:
+    return [path for path in float_layers if path != DECODER]  # the decoder is float already
+
+
+def _keep_float(model: nn.Module, path: str) -> None:
+    """The module at `path` in float on dequantized input, its output quantized again."""
+    module = model.get_submodule(path)
+    module.qconfig = None
+    parent, _, name = path.rpartition(".")
+    setattr(model.get_submodule(parent), name, nn.Sequential(tq.DeQuantStub(), module, tq.QuantStub()))
+
+
+def _to_float_layer_stubs(state: dict, float_layers: Sequence[str]) -> dict:
+    """Calibrated observer state (every layer observed) with each float layer's output observer
+    moved to the QuantStub after it (`_keep_float`)."""
+    moved = {}
+    for key, value in state.items():
+        for path in _wrapped(float_layers):
+            if key.startswith(f"{path}.activation_post_process."):
+                key = f"{path}.{QUANT_INDEX}{key[len(path):]}"
+        moved[key] = value
+    return moved
 
 
 def _observer_state(prepared: nn.Module) -> dict[str, torch.Tensor]:

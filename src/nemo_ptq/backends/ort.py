@@ -17,7 +17,8 @@ the metrics record the one taken), and `ort_defaults` (exactly `quantize_static`
 arguments: S8/S8 per-tensor, no pre-processing, every op type ORT can quantize) as the peer
 baseline. Fields set in params override the preset. The ISA presets quantize weight layers, adds
 and ReLUs only, keep products of two activations (attention scores) in float, and run the last
-weight layer (the CTC logits) in float on 8-bit inputs (`float_logits`).
+weight layer (the CTC logits) in float on 8-bit inputs (`float_logits`). `float_layers` adds more
+layers to `nodes_to_exclude` by their ONNX node names (static and dynamic precision alike).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import onnx
 from torch import nn
 
 from nemo_ptq import cpu
-from nemo_ptq.backends.base import ArtifactInfo, Backend, register
+from nemo_ptq.backends.base import ArtifactInfo, Backend, BackendConfig, register
 from nemo_ptq.backends.calibration import CalibrationSample
 from nemo_ptq.config import check_choices, check_flags
 from nemo_ptq.errors import ConfigError
@@ -79,7 +80,7 @@ class OrtCalibration(CalibrationSample):
 
 
 @dataclass(frozen=True)
-class OrtConfig:
+class OrtConfig(BackendConfig):
     # int8: static QDQ from calibrated ranges; dynamic: `quantize_dynamic` (weights only, activation
     # ranges per call, no calibration: what sherpa-onnx ships); fp32: the exported model as is.
     precision: str = "int8"
@@ -103,7 +104,10 @@ class OrtConfig:
     calibration: OrtCalibration = field(default_factory=OrtCalibration)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check_choices(self, {"precision": PRECISIONS, "preset": [cpu.AUTO, *PRESETS]})
+        if self.precision == "fp32":
+            self.refuse_float_layers("precision fp32 runs every layer in float")
         if self.preset == cpu.AUTO:
             object.__setattr__(self, "preset", preset_for(cpu.detect()))
         for key, value in PRESETS[self.preset].items():
@@ -170,12 +174,14 @@ class OrtBackend(Backend):
             model_fp32 = self._fp32_onnx(fp32, Path(tmp))
             table = self.layer_table(fp32)
             names = export.onnx_layer_names(onnx.load(str(model_fp32)), table)
+            float_nodes = self.float_runtime_names(names)
             if self.config.precision == "dynamic":
-                model = self._dynamic(model_fp32, Path(tmp) / "dynamic.onnx")
+                model = self._dynamic(model_fp32, Path(tmp) / "dynamic.onnx", float_nodes)
             elif payload is None:
                 model = onnx.load(str(model_fp32))
             else:
-                model = self._quantized(model_fp32, payload, Path(tmp) / "int8.onnx")
+                model = self._quantized(model_fp32, payload, Path(tmp) / "int8.onnx", float_nodes)
+                self._check_kept_float(model, names, Path(tmp))
         export.add_length_input(model)
         export.add_metadata(model, {**export.deployment_metadata(self.card), "precision": self.config.precision})
         onnx.save(model, str(out_dir / MODEL))
@@ -185,7 +191,7 @@ class OrtBackend(Backend):
         export.write_tokens(out_dir / TOKENS, self.card)
         self.save_layers(out_dir, table, names)
 
-    def _quantized(self, model_fp32: Path, ranges: Path, out_path: Path) -> onnx.ModelProto:
+    def _quantized(self, model_fp32: Path, ranges: Path, out_path: Path, float_nodes: list[str]) -> onnx.ModelProto:
         from onnxruntime.quantization import QuantFormat, QuantType, load_tensors_data, quantize_static
 
         graph = onnx.load(str(model_fp32))
@@ -195,7 +201,7 @@ class OrtBackend(Backend):
             raise self.foreign_calibration(ranges, f"has ranges for tensors this model lacks "
                                                    f"({', '.join(unknown[:3])}, ...)")
         qtype = {"u8": QuantType.QUInt8, "s8": QuantType.QInt8}
-        exclude = list(self.config.nodes_to_exclude)
+        exclude = list(self.config.nodes_to_exclude) + float_nodes
         if self.config.op_types_to_quantize and not self.config.attention_matmuls:  # products stay float
             exclude += _activation_matmuls(graph)
         if self.config.float_logits:
@@ -209,12 +215,28 @@ class OrtBackend(Backend):
         )
         return onnx.load(str(out_path))
 
-    def _dynamic(self, model_fp32: Path, out_path: Path) -> onnx.ModelProto:
+    def _check_kept_float(self, model: onnx.ModelProto, names: dict[str, list[str]], work_dir: Path) -> None:
+        """ConfigError for a float layer that ORT's graph optimizer quantizes anyway: it gives a
+        Conv/Gemm whose input is dequantized and whose output is quantized again INT8 weights
+        (WeightBiasQuantization) and fuses it into QLinearConv, whatever nodes_to_exclude said."""
+        if not self.config.float_layers:
+            return
+        onnx.save(model, str(work_dir / "check.onnx"))
+        _session(work_dir / "check.onnx", 1, optimized_path=work_dir / "check_optimized.onnx")
+        layers = {path: names[path] for path in self.config.float_layers}
+        precisions = runtime_precisions(onnx.load(str(work_dir / "check_optimized.onnx")), sum(layers.values(), []))
+        int8 = [path for path, nodes in layers.items() if any(precisions[node] == "int8" for node in nodes)]
+        if int8:
+            raise ConfigError(f"variants.{self.variant}.float_layers: onnxruntime runs {int8[0]!r} in INT8 anyway (its "
+                              "optimizer quantizes a layer between two 8-bit tensors); on ort only layers next to "
+                              "a float tensor (the first, the logits layer) stay float: drop it or use another backend")
+
+    def _dynamic(self, model_fp32: Path, out_path: Path, float_nodes: list[str]) -> onnx.ModelProto:
         """Weights quantized offline, activations per call (ConvInteger / MatMulInteger)."""
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         qtype = {"u8": QuantType.QUInt8, "s8": QuantType.QInt8}
-        exclude = list(self.config.nodes_to_exclude)
+        exclude = list(self.config.nodes_to_exclude) + float_nodes
         if self.config.float_logits:
             exclude.append(logits_layer(onnx.load(str(model_fp32))))
         quantize_dynamic(str(model_fp32), str(out_path), weight_type=qtype[self.config.weight_type],

@@ -25,7 +25,7 @@ import onnx
 from torch import nn
 
 from nemo_ptq import cpu
-from nemo_ptq.backends.base import ArtifactInfo, Backend, register
+from nemo_ptq.backends.base import ArtifactInfo, Backend, BackendConfig, register
 from nemo_ptq.backends.calibration import CalibrationSample
 from nemo_ptq.config import check_choices
 from nemo_ptq.models import export
@@ -41,7 +41,7 @@ WEIGHT_LAYER_TYPES = {"Convolution", "GroupConvolution", "FullyConnected", "MatM
 
 
 @dataclass(frozen=True)
-class OvConfig:
+class OvConfig(BackendConfig):
     precision: str = "int8"  # int8 (NNCF) | fp32 (the FP32 IR, no calibration)
     inference_precision: str = "f32"  # f32 | bf16 | plugin_default (leave the hint unset: bf16 here)
     loader: str = "convert_model"  # convert_model | read_model (read_model: depthwise convs stay float)
@@ -49,8 +49,11 @@ class OvConfig:
     calibration: CalibrationSample = field(default_factory=CalibrationSample)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check_choices(self, {"precision": PRECISIONS, "inference_precision": INFERENCE_PRECISIONS,
                              "loader": LOADERS, "preset": PRESETS})
+        if self.precision == "fp32":
+            self.refuse_float_layers("precision fp32 runs every layer in float")
 
 
 @register
@@ -86,7 +89,7 @@ class OvBackend(Backend):
             else:
                 model = ov.Core().read_model(onnx_path)
             if samples is not None:
-                model = self._nncf_quantized(model, samples)
+                model = self._nncf_quantized(model, samples, self.float_runtime_names(_ir_layer_names(model, names)))
             metadata = {**export.deployment_metadata(self.card), "precision": self.config.precision}
             for key, value in metadata.items():
                 model.set_rt_info(value, ["nemo_ptq", key])
@@ -101,11 +104,12 @@ class OvBackend(Backend):
             raise self.foreign_calibration(payload, f"holds features of another size than this model's {features}")
         return samples
 
-    def _nncf_quantized(self, model, samples: list[np.ndarray]):
+    def _nncf_quantized(self, model, samples: list[np.ndarray], float_ops: list[str]):
         import nncf
 
         preset = {"performance": nncf.QuantizationPreset.PERFORMANCE, "mixed": nncf.QuantizationPreset.MIXED}
-        return nncf.quantize(model, nncf.Dataset(samples), preset=preset[self.config.preset], subset_size=len(samples))
+        return nncf.quantize(model, nncf.Dataset(samples), preset=preset[self.config.preset], subset_size=len(samples),
+                             ignored_scope=nncf.IgnoredScope(names=float_ops))
 
     def load(self, artifact_dir: Path, threads: int):
         compiled = self._compiled(Path(artifact_dir), threads)
@@ -143,8 +147,7 @@ class OvBackend(Backend):
 
 def runtime_precisions(runtime_model, layer_names: Iterable[str]) -> dict[str, str]:
     """Each weight layer's runtimePrecision in the compiled model (u8/i8 reported as int8). A
-    runtime node lists the IR layers it fused in `originalLayersNames`, some with a suffix that
-    the conversion added (`<layer>/WithoutBiases`, `<layer>/DequantizationMultiply`)."""
+    runtime node lists the IR layers it fused in `originalLayersNames`."""
     layers = set(layer_names)
     found = {}
     for op in runtime_model.get_ordered_ops():
@@ -154,8 +157,28 @@ def runtime_precisions(runtime_model, layer_names: Iterable[str]) -> dict[str, s
         precision = info["runtimePrecision"].astype(str)
         precision = "int8" if precision in ("u8", "i8") else {"f32": "fp32"}.get(precision, precision)
         for original in info["originalLayersNames"].astype(str).split(","):
-            while original and original not in layers:
-                original = original.rpartition("/")[0]
-            if original:
-                found.setdefault(original, precision)
+            layer = _onnx_layer(original, layers)
+            if layer:
+                found.setdefault(layer, precision)
     return {name: found.get(name, "unknown") for name in layer_names}
+
+
+def _ir_layer_names(model, onnx_names: dict[str, list[str]]) -> dict[str, list[str]]:
+    """Module path -> the IR's weight-layer ops (what NNCF's ignored scope names) that came from
+    that layer's ONNX nodes (`onnx_names`, module path -> node names)."""
+    path_of = {node: path for path, nodes in onnx_names.items() for node in nodes}
+    names: dict[str, list[str]] = {}
+    for op in model.get_ordered_ops():
+        if op.get_type_name() in WEIGHT_LAYER_TYPES:
+            layer = _onnx_layer(op.get_friendly_name(), path_of)
+            if layer:
+                names.setdefault(path_of[layer], []).append(op.get_friendly_name())
+    return names
+
+
+def _onnx_layer(name: str, layers) -> str:
+    """The ONNX node an OpenVINO op came from: its name less any suffixes the conversion added
+    (`<node>/WithoutBiases`, `<node>/DequantizationMultiply`); "" when none of `layers` matches."""
+    while name and name not in layers:
+        name = name.rpartition("/")[0]
+    return name

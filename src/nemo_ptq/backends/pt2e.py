@@ -4,8 +4,12 @@ convert_pt2e, deployed as a saved ExportedProgram that `load` compiles with Indu
 Inductor lowers quantized conv2d to oneDNN kernels but leaves quantized conv1d as dequantize +
 FP32 conv, so every Conv1d runs as Conv2d(1 x K) on a height-1 axis. calibrate saves the
 observers' state; quantize rebuilds the same observed graph (export is deterministic), loads
-that state and converts. Compiling needs a C compiler at run time; the compile time is written
-at quantize time next to the artifact (compile.json): every process that loads it pays it once.
+that state and converts. `float_layers` are applied between the two: their convs read the float
+weight instead of the observed one, so they run in float on the same 8-bit inputs and the rest
+of the graph keeps its calibrated quantization (telling the quantizer to skip them would change
+how it annotates their neighbours, which then need ranges the calibration never observed).
+Compiling needs a C compiler at run time; the compile time is written at quantize time next to
+the artifact (compile.json): every process that loads it pays it once.
 
 Input shapes (`shapes`): Inductor's kernels for a fixed length run about 2x faster than its
 dynamic-shape ones, but compiling per length recompiles for every new utterance length. `buckets`
@@ -33,7 +37,7 @@ import torch
 from torch import nn
 
 from nemo_ptq import cpu
-from nemo_ptq.backends.base import ArtifactInfo, Backend, register, torch_threads
+from nemo_ptq.backends.base import ArtifactInfo, Backend, BackendConfig, register, torch_threads
 from nemo_ptq.backends.calibration import CalibrationSample
 from nemo_ptq.config import check_choices, check_flags
 from nemo_ptq.errors import BackendUnavailableError, ConfigError
@@ -47,7 +51,7 @@ ARCHIVE_ALIGNMENT = 64  # bytes, as torch.export.save aligns tensor records
 
 
 @dataclass(frozen=True)
-class Pt2eConfig:
+class Pt2eConfig(BackendConfig):
     # X86InductorQuantizer's static config: HistogramObserver activations (u8), per-channel s8 weights.
     reduce_range: bool | str = cpu.AUTO  # 7-bit activations; auto: where u8*s8 saturates (no VNNI)
     conv2d_form: bool = True  # run Conv1d as Conv2d(1 x K): the only form Inductor lowers to INT8
@@ -60,6 +64,7 @@ class Pt2eConfig:
     calibration: CalibrationSample = field(default_factory=CalibrationSample)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         object.__setattr__(self, "reduce_range", cpu.resolve_reduce_range(self.reduce_range))
         check_flags(self, ("conv2d_form",))
         check_choices(self, {"shapes": SHAPES})
@@ -120,6 +125,14 @@ class Pt2eBackend(Backend):
             differ = sorted(expected ^ set(state))
             raise self.foreign_calibration(payload, f"holds other observers than this model's ({', '.join(differ[:3])}, ...)")
         observed.load_state_dict(state, strict=False)
+        exportable = self._exportable(fp32)
+        runtime = getattr(exportable, "runtime_paths", {})  # module paths in the Conv2d form
+        table = self.layer_table(fp32)
+        if self.config.float_layers:
+            layer_nodes = _layer_nodes(observed)
+            _read_float_weights(observed, set(self.float_runtime_names(
+                {path: [node.name for node in layer_nodes.get(runtime.get(path, path), [])]
+                 for path in self.config.float_layers})))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             converted = convert_pt2e(observed)
@@ -127,9 +140,6 @@ class Pt2eBackend(Backend):
         _share_zero_constants(converted)
         features = feature_dim(fp32, self.card)
         _save_compact(_export(converted, features, self._masked), out_dir / PROGRAM)
-        exportable = self._exportable(fp32)
-        runtime = getattr(exportable, "runtime_paths", {})  # module paths in the Conv2d form
-        table = self.layer_table(fp32)
         self.save_layers(out_dir, table, {path: [runtime.get(path, path)] for path in table},
                          _graph_precisions(converted))
         # Compile once here so the artifact records what every process that loads it pays.
@@ -336,18 +346,36 @@ def _observer_state(observed: nn.Module) -> dict[str, torch.Tensor]:
 CONV_OPS = {"conv1d", "conv2d", "linear"}
 
 
+def _layer_nodes(graph_module: torch.fx.GraphModule) -> dict[str, list[torch.fx.Node]]:
+    """The conv/linear nodes of an exported graph by the module path that called them."""
+    nodes: dict[str, list[torch.fx.Node]] = {}
+    for node in graph_module.graph.nodes:
+        if node.op == "call_function" and getattr(node.target, "__name__", "").split(".")[0] in CONV_OPS:
+            stack = node.meta.get("nn_module_stack") or {"": (node.name, None)}
+            nodes.setdefault(_module_path(list(stack.values())[-1][0]), []).append(node)
+    return nodes
+
+
 def _graph_precisions(converted: torch.fx.GraphModule) -> dict[str, str]:
     """For each conv/linear node: int8 when both its input and weight come from dequantize."""
     precisions = {}
-    for node in converted.graph.nodes:
-        if node.op != "call_function" or getattr(node.target, "__name__", "").split(".")[0] not in CONV_OPS:
-            continue
-        stack = node.meta.get("nn_module_stack") or {"": (node.name, None)}
-        name = _module_path(list(stack.values())[-1][0])
-        quantized = all(getattr(arg, "target", None) is not None and "dequantize" in str(arg.target)
-                        for arg in node.args[:2])
-        precisions[name] = "int8" if quantized else "fp32"
+    for name, nodes in _layer_nodes(converted).items():
+        for node in nodes:
+            quantized = all(getattr(arg, "target", None) is not None and "dequantize" in str(arg.target)
+                            for arg in node.args[:2])
+            precisions[name] = "int8" if quantized else "fp32"
     return precisions
+
+
+def _read_float_weights(observed: torch.fx.GraphModule, layers: set[str]) -> None:
+    """Each of these conv/linear nodes (by name) reads its weight past the weight's observer, so
+    convert leaves the weight float and the layer runs in float on its (still quantized) input."""
+    for node in [node for node in observed.graph.nodes if node.name in layers]:
+        weight = node.args[1]
+        if weight.op == "call_module" and "activation_post_process" in str(weight.target):
+            node.replace_input_with(weight, weight.args[0])
+    observed.graph.eliminate_dead_code()  # the weight observers, now unused
+    observed.recompile()
 
 
 def _module_path(path: str) -> str:
