@@ -20,7 +20,7 @@ from conftest import REPO_ROOT, SHARED_DATA, stage_env
 from nemo_ptq.evaluation.wer import wer
 
 pytestmark = pytest.mark.slow
-COPIED = ["dvc.yaml", "params.yaml", "stages", "src", "data/text", "data/embedded"]
+COPIED = ["dvc.yaml", "params.yaml", "stages", "src", "data/text", "data/dev_text", "data/embedded"]
 
 
 def dvc(*args, cwd, env):
