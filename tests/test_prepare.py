@@ -119,17 +119,23 @@ def test_calibration_sharing_audio_with_eval_is_refused(workspace, tiny_nemo, mo
         prepare_data(params, tiny_nemo, workspace / "prepared")
 
 
-def test_prepare_warns_once_about_characters_the_model_cannot_write(workspace, tiny_nemo, monkeypatch, capsys):
+def prepare_with_real_calibration(workspace: Path, model: Path, monkeypatch) -> Path:
+    """Prepare the workspace's eval manifest with a 1-clip real calibration set (no TTS needed)."""
     write_clip(workspace / "clips" / "c.wav", 0.5, 16000)
-    rows = [{"audio_filepath": "a.wav", "duration": 1.23, "text": "Caf\u00e9 na\u00efve \u4f60\u597d"},
-            {"audio_filepath": "b.wav", "duration": 0.87, "text": "room 101"}]
-    (workspace / "clips" / "m.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     (workspace / "clips" / "cal.jsonl").write_text(json.dumps({"audio_filepath": "c.wav", "duration": 0.5,
                                                                "text": "Shut the gate."}) + "\n")
     monkeypatch.chdir(workspace)
     params = parse_data_params(data_section(
         calibration_set={"name": "cal", "kind": "real", "manifest": "clips/cal.jsonl"}))
-    prepare_data(params, tiny_nemo, workspace / "prepared")
+    prepare_data(params, model, workspace / "prepared")
+    return workspace / "prepared"
+
+
+def test_prepare_warns_once_about_characters_the_model_cannot_write(workspace, tiny_nemo, monkeypatch, capsys):
+    rows = [{"audio_filepath": "a.wav", "duration": 1.23, "text": "Caf\u00e9 na\u00efve \u4f60\u597d"},
+            {"audio_filepath": "b.wav", "duration": 0.87, "text": "room 101"}]
+    (workspace / "clips" / "m.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    prepare_with_real_calibration(workspace, tiny_nemo, monkeypatch)
 
     warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1, warnings
@@ -153,14 +159,7 @@ DEV_STAGE = Path(__file__).resolve().parents[1] / "stages" / "prepare_dev.py"
 @pytest.fixture
 def prepared(workspace, tiny_nemo, monkeypatch):
     """data/prepared of the workspace: the 2-clip eval set and a 1-clip real calibration set."""
-    write_clip(workspace / "clips" / "c.wav", 0.5, 16000)
-    (workspace / "clips" / "cal.jsonl").write_text(json.dumps({"audio_filepath": "c.wav", "duration": 0.5,
-                                                               "text": "Shut the gate."}) + "\n")
-    monkeypatch.chdir(workspace)
-    params = parse_data_params(data_section(
-        calibration_set={"name": "cal", "kind": "real", "manifest": "clips/cal.jsonl"}))
-    prepare_data(params, tiny_nemo, workspace / "prepared")
-    return workspace / "prepared"
+    return prepare_with_real_calibration(workspace, tiny_nemo, monkeypatch)
 
 
 def _dev_manifest(workspace: Path, clip: str, text: str) -> dict:
