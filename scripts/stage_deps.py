@@ -13,7 +13,8 @@ The one import by name, the backend registry's `importlib.import_module`, loads 
 the variant that the command names (`--variant <key>`), so a per-variant stage depends on
 `backends/${item.backend}.py` and on what any backend imports besides backend files: a `foreach`
 stage has one deps list for all its variants, so e.g. eager variants also list models/export.py,
-which only the export-based backends import. A backend must not import another backend's file,
+which only the export-based backends import. A stage that iterates over another section keyed by
+variant (`foreach: ${accuracy}`) has no `${item.backend}`, so it lists every backend file. A backend must not import another backend's file,
 or editing that file would mark both backends' variants.
 """
 
@@ -32,7 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "nemo_ptq"
 REGISTRY = "nemo_ptq.backends"  # imports backend modules by name: see module doc
 BACKEND_TEMPLATE = "src/nemo_ptq/backends/${item.backend}.py"
-SOURCE_PREFIXES = ("src/", "stages/")  # the deps this script owns; data deps are written by hand
+SOURCE_PREFIXES = ("src/", "stages/")
+OVER_VARIANTS = "${variants}"  # per-variant stages; others iterate a section keyed by variant (accuracy)  # the deps this script owns; data deps are written by hand
 
 
 class ImportGraph:
@@ -153,15 +155,28 @@ def stage_sources(root: Path = ROOT) -> dict[str, StageSources]:
                                  "into a support module (backends/__init__.py SUPPORT_MODULES)")
             with_backend[backend] = base | files
         shared = set().union(*with_backend.values()) - backend_files
-        template = [script, *sorted(shared - {script})] + ([BACKEND_TEMPLATE] if loads_backend else [])
+        if stage["foreach"] == OVER_VARIANTS:
+            template = [script, *sorted(shared - {script})] + ([BACKEND_TEMPLATE] if loads_backend else [])
+        else:  # foreach over a section keyed by variant (accuracy): its items name no backend, so all of them
+            template = [script, *sorted((shared | (backend_files if loads_backend else set())) - {script})]
+        items = variants if stage["foreach"] == OVER_VARIANTS else (_section(root, stage["foreach"]) or {})
         expected = {}
-        for key, entry in variants.items():
+        for key in items:
+            entry = variants.get(key)
             backend = entry.get("backend") if isinstance(entry, dict) else None
             if backend not in with_backend:
                 raise SystemExit(f"variants.{key}: unknown backend {backend!r}; choose one of: {', '.join(backends)}")
-            expected[f"{name}@{key}"] = with_backend[backend]
+            expected[f"{name}@{key}"] = with_backend[backend] if stage["foreach"] == OVER_VARIANTS else set(template)
         result[name] = StageSources(template, expected)
     return result
+
+
+def _section(root: Path, foreach: str) -> dict:
+    """The params.yaml section that a `foreach: ${section}` iterates over."""
+    match = re.fullmatch(r"\$\{(\w+)\}", foreach)
+    if match is None:
+        raise SystemExit(f"foreach {foreach!r}: iterate over one params.yaml section, as ${{variants}}")
+    return yaml.safe_load((root / "params.yaml").read_text()).get(match.group(1))
 
 
 def _script(stage: str, cmd: str) -> str:

@@ -24,6 +24,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--prepared", type=Path, required=True, help="prepare output")
     parser.add_argument("--artifact", type=Path, help="quantize output of this variant (not for fp32)")
     parser.add_argument("--fp32-transcripts", type=Path, help="evaluate-fp32 transcripts (not for fp32)")
+    parser.add_argument("--budget-of", help="the variant whose accuracy search made --artifact (search stage); "
+                        "--variant then names the row, <variant>_budget")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--out-metrics", type=Path, required=True)
     parser.add_argument("--out-transcripts", type=Path, required=True)
@@ -43,7 +45,12 @@ def main() -> None:
     if args.variant == FP32 and (args.artifact or args.fp32_transcripts):
         raise ConfigError("--variant fp32 is NeMo's own model: drop --artifact and --fp32-transcripts")
     params = load_config(EvaluateParams, "evaluate", args.params)
-    entry = variant_entry(load_section("variants", args.params), args.variant)
+    if args.budget_of:
+        from nemo_ptq.evaluation.evaluate import searched_entry
+
+        entry = searched_entry(load_section("variants", args.params), args.budget_of, args.variant, args.artifact)
+    else:
+        entry = variant_entry(load_section("variants", args.params), args.variant)
     torch.set_num_threads(params.threads)
 
     with stage_outputs(args.out_metrics, args.out_transcripts):

@@ -4,7 +4,8 @@
         --prepared data/prepared --out-plot plots/pareto.png --out-table reports/summary.json \
         --out-points plots/pareto.json
 
-Reads metrics/fp32.json and metrics/<v>.json for each variant v in params.yaml, each of which must
+Reads metrics/fp32.json, metrics/<v>.json for each variant v in params.yaml and
+metrics/<v>_budget.json for each accuracy search (params.yaml `accuracy`), each of which must
 have been measured on --model and --prepared's eval sets (else an error says which stage to rerun).
 Prints the table as markdown; the outputs are then mirrored to an MLflow "summary" run.
 """
@@ -33,12 +34,15 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     from nemo_ptq import report, tracking
+    from nemo_ptq.accuracy.config import budget_row, parse_accuracy
     from nemo_ptq.params import load_section
 
     with stage_outputs(args.out_plot, args.out_table, args.out_points):
-        variants = list(load_section("variants", args.params) or {})
+        variants = load_section("variants", args.params) or {}
+        budgets = parse_accuracy(load_section("accuracy", args.params, required=False), variants)
+        searched = {budget_row(v): f"evaluate-budget@{v}" for v in budgets}
         inputs = report.Inputs.current(args.model, args.prepared)
-        metrics, left_out = report.load_metrics(args.metrics, variants, inputs)
+        metrics, left_out = report.load_metrics(args.metrics, [*variants, *searched], inputs, searched)
         rows = report.summary_rows(metrics)
         ranked, elsewhere = report.split_by_hardware(rows)
         front = report.pareto_front(ranked)

@@ -55,6 +55,9 @@ def small_params(project: Path) -> None:
         "qnnpack": {"backend": "eager", "engine": "qnnpack", "calibration": dict(calibration, per_channel=False)},
         "ort_fp32": {"backend": "ort", "precision": "fp32"},  # the audio-input artifact, end to end
     }
+    params["sensitivity"].update({"max_utterances": 3, "threads": 1})
+    # a budget every model keeps at once: the stages run end to end (the search itself: test_accuracy.py)
+    params["accuracy"] = {"onednn": {"max_wer_increase": 1.0, "metric": "wer_vs_fp32", "max_float_mac_fraction": 1.0}}
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
@@ -99,7 +102,8 @@ def test_repro_writes_metrics_plots_and_mlflow_runs(project):
     assert 0 < onednn["size_ratio_vs_fp32"] < 1
     assert (root / "plots" / "pareto.png").stat().st_size > 0
     summary = json.loads((root / "reports" / "summary.json").read_text())
-    assert list(summary["variants"]) == ["fp32", "onednn", "qnnpack", "ort_fp32"]  # params.yaml's, fp32 first
+    # params.yaml's, fp32 first, then the accuracy searches' rows
+    assert list(summary["variants"]) == ["fp32", "onednn", "qnnpack", "ort_fp32", "onednn_budget"]
     assert {row["model"].split()[0] for row in summary["variants"].values()} == {"arch:quartznet_tiny"}
     assert json.loads((root / "data" / "fused" / "equivalence.json").read_text())["max_abs_diff"] <= 1e-3
     # fetch-pretrained exported the preprocessor; the ORT artifact takes audio, and evaluate fed it
@@ -156,7 +160,7 @@ def test_another_cpu_reruns_only_what_depends_on_it(project):
             path.write_text(original)
         expected = {f"{stage}@{v}" for stage in marked for v in variants}
         if name == "machine.json":
-            expected.add("evaluate-fp32")
+            expected |= {"evaluate-fp32", "evaluate-budget@onednn"}
         assert changed == expected, f"{name}: {sorted(changed ^ expected)}"
         assert not changed & {"fetch-pretrained", "prepare", "fuse"}
 
@@ -172,7 +176,33 @@ def test_editing_one_variant_marks_only_its_stages(project):
     finally:
         (root / "params.yaml").write_text(original)
     # report reads the variants section (its rows), so it is marked too, and reruns after evaluate@onednn anyway
-    assert changed == {"cpu", "calibrate@onednn", "quantize@onednn", "evaluate@onednn", "report"}  # cpu: always
+    assert changed == {"cpu", "calibrate@onednn", "quantize@onednn", "evaluate@onednn", "report",  # cpu: always
+                       "sensitivity@onednn", "search@onednn", "evaluate-budget@onednn"}
+
+
+def test_editing_a_budget_marks_only_its_search(project):
+    """The budget is not a dependency of the sensitivity ranking, so a new budget reuses it."""
+    root, env = project
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    original = (root / "params.yaml").read_text()
+    params["accuracy"]["onednn"]["max_wer_increase"] = 0.5
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        changed = set(json.loads(dvc("status", "--json", cwd=root, env=env)))
+    finally:
+        (root / "params.yaml").write_text(original)
+    assert changed == {"cpu", "search@onednn", "report"}  # evaluate-budget@onednn follows its new artifact
+
+
+def test_accuracy_search_row_records_its_float_layers(project):
+    root, _ = project
+    metrics = json.loads((root / "metrics" / "onednn_budget.json").read_text())
+    search = metrics["accuracy_search"]
+    assert search["searched_from"] == "onednn" and search["float_layers"] == []  # budget 1.0 holds at once
+    assert metrics["float_mac_fraction"] == 0 and metrics["speed_vs_full_int8"] > 0
+    table = json.loads((root / "metrics" / "sensitivity" / "onednn.json").read_text())
+    assert table["variant"] == "onednn" and table["dev_utterances"] == 3 and table["groups"]
+    assert (root / "plots" / "sensitivity" / "onednn.png").stat().st_size > 0
 
 
 def test_fidelity_benchmark_runs_on_the_pipeline_outputs(project):

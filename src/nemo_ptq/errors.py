@@ -39,3 +39,11 @@ class TrackingError(PipelineError):
 
 class CalibrationError(PipelineError):
     """A calibration folder is missing, or was made by another backend, variant config or model."""
+
+
+class FloatLayerError(ConfigError):
+    """A `float_layers` entry that this backend's runtime would run in INT8 anyway."""
+
+
+class BudgetError(PipelineError):
+    """No set of float layers within the search's limits keeps the accuracy budget on the dev set."""

@@ -16,8 +16,8 @@ from nemo_ptq.errors import ConfigError
 DEFAULT_PARAMS = Path("params.yaml")
 
 
-def load_section(section: str, path: Path = DEFAULT_PARAMS) -> Any:
-    """The raw YAML value of one top-level section."""
+def load_section(section: str, path: Path = DEFAULT_PARAMS, *, required: bool = True) -> Any:
+    """The raw YAML value of one top-level section (None for a missing optional one)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path} not found: run the stage from the repository root (or pass --params)")
@@ -25,6 +25,8 @@ def load_section(section: str, path: Path = DEFAULT_PARAMS) -> Any:
         params = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{path} is not valid YAML: {err}") from None
+    if section not in params and not required:
+        return None
     if section not in params:
         raise ConfigError(f"{path} has no '{section}' section")
     return params[section]

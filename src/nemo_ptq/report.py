@@ -18,7 +18,7 @@ sweep point run elsewhere) stays in the table, marked as not ranked, and the rep
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,14 +63,16 @@ class Inputs:
         return cls(provenance.model_sha256(model_file), provenance.eval_sets(PreparedData.load(prepared_dir)))
 
 
-def load_metrics(folder: Path, variants: Sequence[str], inputs: Inputs) -> tuple[list[dict], list[Path]]:
-    """FP32's and each variant's metrics, in that order, and the metrics files left out."""
+def load_metrics(folder: Path, variants: Sequence[str], inputs: Inputs,
+                 stages: Mapping[str, str] | None = None) -> tuple[list[dict], list[Path]]:
+    """FP32's and each variant's metrics, in that order, and the metrics files left out; `stages`
+    names the stage that makes a row when it is not evaluate@<row> (the accuracy searches' rows)."""
     folder = Path(folder)
     names = [FP32, *variants]
     found = []
     for name in names:
         path = folder / f"{name}.json"
-        stage = "evaluate-fp32" if name == FP32 else f"evaluate@{name}"
+        stage = "evaluate-fp32" if name == FP32 else (stages or {}).get(name, f"evaluate@{name}")
         if not path.is_file():
             raise DataError(f"{path} is missing: run dvc repro {stage}")
         data = json.loads(path.read_text())

@@ -38,7 +38,7 @@ from nemo_ptq import cpu
 from nemo_ptq.backends.base import ArtifactInfo, Backend, BackendConfig, register
 from nemo_ptq.backends.calibration import CalibrationSample
 from nemo_ptq.config import check_choices, check_flags
-from nemo_ptq.errors import ConfigError
+from nemo_ptq.errors import ConfigError, FloatLayerError
 from nemo_ptq.models import export, frontend
 
 PRECISIONS = ("int8", "dynamic", "fp32")
@@ -227,9 +227,10 @@ class OrtBackend(Backend):
         precisions = runtime_precisions(onnx.load(str(work_dir / "check_optimized.onnx")), sum(layers.values(), []))
         int8 = [path for path, nodes in layers.items() if any(precisions[node] == "int8" for node in nodes)]
         if int8:
-            raise ConfigError(f"variants.{self.variant}.float_layers: onnxruntime runs {int8[0]!r} in INT8 anyway (its "
-                              "optimizer quantizes a layer between two 8-bit tensors); on ort only layers next to "
-                              "a float tensor (the first, the logits layer) stay float: drop it or use another backend")
+            raise FloatLayerError(f"variants.{self.variant}.float_layers: onnxruntime runs {int8[0]!r} in INT8 anyway "
+                                  "(its optimizer quantizes a layer between two 8-bit tensors); on ort a layer stays "
+                                  "float only next to a float tensor: keep a depthwise conv and its pointwise conv "
+                                  "float together, or the first or logits layer, or use another backend")
 
     def _dynamic(self, model_fp32: Path, out_path: Path, float_nodes: list[str]) -> onnx.ModelProto:
         """Weights quantized offline, activations per call (ConvInteger / MatMulInteger)."""

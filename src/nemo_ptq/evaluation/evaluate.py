@@ -24,6 +24,10 @@ Metrics (metrics/<variant>.json), headline numbers at the top level:
     batch_agreement, rtfx_best, rtfx_best_setting
                         share of transcripts equal to batch 1's at the largest batch size; the
                         highest RTFx of a setting that keeps them (>= 99 %, or streams), and which
+    float_mac_fraction, speed_vs_full_int8
+                        an accuracy search's artifact only (row <variant>_budget): the share of MACs it
+                        keeps float, and its speed against the variant's full INT8 (timed by the
+                        search); details, with the budget and the dev score, under `accuracy_search`
     waveform_agreement  share of eval utterances whose transcript from the artifact's audio-input
                         model (the prepared WAV in, the model's preprocessor inside) equals the
                         feature path's; details under `deployment.waveform` (artifacts with one)
@@ -85,6 +89,23 @@ def variant_entry(variants: Mapping[str, Any] | None, variant: str) -> dict | No
     if not isinstance(variants[variant], Mapping):
         raise ConfigError(f"variants.{variant} must be a mapping with at least a 'backend' key")
     return dict(variants[variant])
+
+
+def searched_entry(variants: Mapping[str, Any] | None, base: str, row: str, artifact_dir: Path | None) -> dict:
+    """The params entry of an accuracy search's artifact: its base variant's, with the float layers
+    that the search chose (read from the artifact's variant.json)."""
+    from nemo_ptq.accuracy.config import budget_row
+    from nemo_ptq.backends.base import CONFIG_FILE
+
+    if row != budget_row(base):
+        raise ConfigError(f"--budget-of {base}: the row is named {budget_row(base)}, not {row}")
+    entry = variant_entry(variants, base)
+    if entry is None:
+        raise ConfigError("--budget-of fp32: the FP32 baseline has no accuracy search")
+    saved = None if artifact_dir is None else Path(artifact_dir) / CONFIG_FILE
+    if saved is None or not saved.is_file():
+        raise DataError(f"{saved or '--artifact'} is missing: run dvc repro search@{base} first")
+    return {**entry, "float_layers": list(json.loads(saved.read_text()).get("float_layers", []))}
 
 
 def load_variant(variant: str, backend: Backend, artifact_dir: Path, threads: int) -> tuple[Runner, ArtifactInfo]:
@@ -205,7 +226,24 @@ def evaluate(
         deployment=deployment,
         throughput=throughput,
     )
+    if artifact_dir is not None:
+        metrics.update(accuracy_search(Path(artifact_dir)))
     return Evaluation(metrics, transcripts)
+
+
+def accuracy_search(artifact_dir: Path) -> dict:
+    """What an accuracy search recorded in its artifact (none for other artifacts): the float layers,
+    their MAC share, the dev score and the speed against full INT8, timed by the search."""
+    from nemo_ptq.accuracy.config import ACCURACY_FILE
+
+    path = Path(artifact_dir) / ACCURACY_FILE
+    if not path.is_file():
+        return {}
+    record = json.loads(path.read_text())
+    return {"float_mac_fraction": record["float_mac_fraction"],
+            "speed_vs_full_int8": record["speed"]["speed_vs_full_int8"],
+            "accuracy_search": {key: record[key] for key in ("searched_from", "budget", "dev_utterances", "rank_by",
+                                                             "float_layers", "float_groups", "dev_score", "speed")}}
 
 
 def build_metrics(*, variant: str, backend: str, scores: dict, timings: dict[str, list[float]],
