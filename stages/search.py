@@ -14,6 +14,7 @@ limits: one error line and no output.
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 from nemo_ptq.cli import run_stage, stage_outputs
@@ -54,9 +55,11 @@ def main() -> None:
                         f"run dvc repro sensitivity@{args.variant}")
     session = open_session(args.variant, args.params, params, args.model, args.fused, args.dev, args.calibration)
     total_macs = sum(layer.macs for layer in session.table.values())
+    started = time.perf_counter()
     result = search.greedy_search(sensitivity.ranked_groups(table), total_macs, budget,
                                   lambda layers: session.trials.run(layers).score,
                                   where=f"accuracy.{args.variant}", log=lambda line: print(line, file=sys.stderr))
+    search_seconds = time.perf_counter() - started
     with stage_outputs(args.out):
         session.trials.build(result.float_layers, args.out)
         speed = speed_against_full_int8(session, args.out, result.float_layers)
@@ -64,7 +67,7 @@ def main() -> None:
                   "dev_utterances": table["dev_utterances"], "rank_by": table["rank_by"],
                   "float_layers": list(result.float_layers), "float_groups": list(result.float_groups),
                   "float_mac_fraction": result.float_mac_fraction, "dev_score": result.score,
-                  "speed": speed, "steps": list(result.steps)}
+                  "speed": speed, "search_seconds": search_seconds, "steps": list(result.steps)}
         (args.out / ACCURACY_FILE).write_text(json.dumps(record, indent=1) + "\n")
     print(f"{budget_row(args.variant)}: {len(result.float_groups)} groups float ({result.float_mac_fraction:.1%} of "
           f"MACs); dev {budget.metric} {budget.used(result.score):.3f}; "
