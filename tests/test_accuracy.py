@@ -205,3 +205,22 @@ def test_sensitivity_and_search_on_a_real_backend(tmp_path, tiny_fused, backend_
     searched = trials.build(result.float_layers, tmp_path / "searched")
     precisions = searched.describe(tmp_path / "searched").layer_precisions
     assert {p for p in result.float_layers} <= {p for p, prec in precisions.items() if prec != "int8"}
+
+
+def test_the_nncf_peer_writes_a_loadable_openvino_artifact(tmp_path, tiny_fused):
+    """NNCF's accuracy control on the same calibration, dev set and budget (a loose one: its first
+    INT8 model already keeps it); the artifact loads and is scored like ours."""
+    from nemo_ptq.accuracy import nncf_peer
+
+    backend = get_backend("v", {"backend": "ov", "calibration": {"num_utterances": 3, "seed": 0}}, CARD)
+    rng = np.random.default_rng(0)
+    pool = [rng.standard_normal((64, 200)).astype(np.float32) for _ in range(4)]
+    backend.calibrate(tiny_fused, iter(select_utterances(pool, backend.calibration_sample())), tmp_path / "cal")
+    scorer = DevScorer(dev_set(tmp_path), fp32_runner(tiny_fused), CtcVocabulary.from_card(CARD), 64, 3)
+    trials = Trials(backend, tiny_fused, tmp_path / "cal", scorer, threads=1)
+    nncf_peer.quantize_with_accuracy_control(trials, AccuracyBudget(1.0, "wer_vs_fp32", 1.0), tmp_path / "peer")
+    score = scorer.score(backend.load(tmp_path / "peer", threads=1))
+    assert 0 <= score.wer_vs_fp32 <= 1.0
+    assert backend.describe(tmp_path / "peer").int8_weight_mac_fraction > 0.5
+    with pytest.raises(ConfigError, match="use metric wer_vs_fp32"):
+        nncf_peer.quantize_with_accuracy_control(trials, AccuracyBudget(0.1, "wer", 1.0), tmp_path / "peer2")
