@@ -49,7 +49,7 @@ import numpy as np
 
 from nemo_ptq.backends.calibration import CalibrationSample
 from nemo_ptq.cpu import Cpu
-from nemo_ptq.config import parse_dataclass
+from nemo_ptq.config import check_choices, parse_dataclass
 from nemo_ptq.errors import CalibrationError, ConfigError, UnsupportedModelError
 
 CONFIG_FILE = "variant.json"
@@ -129,17 +129,25 @@ class BackendConfig:
     # FP32 module paths (the layer table's keys, `nemo_ptq.models.layers`) of weight layers that
     # stay in float, on the 8-bit activations around them; the backend maps them to its own names.
     float_layers: list[str] = field(default_factory=list, kw_only=True)
+    # A function-preserving rescaling of the FP32 model before calibration and conversion
+    # (`nemo_ptq.models.equalize`): none, or cross_layer (QuartzNet/Jasper rewrite only).
+    equalize: str = field(default="none", kw_only=True)
 
     def __post_init__(self) -> None:
+        from nemo_ptq.models.equalize import EQUALIZATIONS
+
         if not isinstance(self.float_layers, list) or not all(isinstance(p, str) for p in self.float_layers):
             raise ValueError("float_layers must be a list of FP32 module paths (e.g. blocks.0.body.0.conv)")
         if len(set(self.float_layers)) != len(self.float_layers):
             raise ValueError("float_layers names a layer twice")
+        check_choices(self, {"equalize": EQUALIZATIONS})
 
-    def refuse_float_layers(self, why: str) -> None:
-        """For a config that quantizes nothing: float_layers would silently do nothing."""
+    def refuse_int8_options(self, why: str) -> None:
+        """For a config that quantizes nothing: float_layers and equalize would silently do nothing."""
         if self.float_layers:
             raise ValueError(f"float_layers has nothing to keep in float: {why}; remove it")
+        if self.equalize != "none":
+            raise ValueError(f"equalize has no quantization to help: {why}; remove it")
 
 
 class Backend(ABC):
@@ -208,6 +216,7 @@ class Backend(ABC):
         """Write out_dir/variant.json and, for a variant that needs calibration, its payload."""
         out_dir = Path(out_dir)
         self.check_float_layers(fp32)  # fail before calibrating, not after
+        fp32 = self.model_to_quantize(fp32)
         out_dir.mkdir(parents=True, exist_ok=True)
         if self.calibration_sample() is not None:
             features = iter(features)
@@ -222,10 +231,18 @@ class Backend(ABC):
         """Check the calibration folder, then build the artifact and its variant.json in out_dir."""
         payload = self.calibration_payload(calibration_dir)
         self.check_float_layers(fp32)
+        fp32 = self.model_to_quantize(fp32)
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         self.convert(fp32, payload, out_dir)
         self.save_config(out_dir)
+
+    def model_to_quantize(self, fp32: Any) -> Any:
+        """The FP32 model that calibrate observes and quantize converts: `fp32`, or its equalized
+        copy (the same function, other weight ranges); UnsupportedModelError if it cannot be."""
+        from nemo_ptq.models.equalize import equalized
+
+        return equalized(fp32, self.config.equalize)
 
     def calibration_payload(self, calibration_dir: Path) -> Path | None:
         """The payload of a calibration folder made by this backend with this config, convert

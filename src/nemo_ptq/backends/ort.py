@@ -107,7 +107,7 @@ class OrtConfig(BackendConfig):
         super().__post_init__()
         check_choices(self, {"precision": PRECISIONS, "preset": [cpu.AUTO, *PRESETS]})
         if self.precision == "fp32":
-            self.refuse_float_layers("precision fp32 runs every layer in float")
+            self.refuse_int8_options("precision fp32 runs every layer in float")
         if self.preset == cpu.AUTO:
             object.__setattr__(self, "preset", preset_for(cpu.detect()))
         for key, value in PRESETS[self.preset].items():

@@ -53,7 +53,7 @@ class OvConfig(BackendConfig):
         check_choices(self, {"precision": PRECISIONS, "inference_precision": INFERENCE_PRECISIONS,
                              "loader": LOADERS, "preset": PRESETS})
         if self.precision == "fp32":
-            self.refuse_float_layers("precision fp32 runs every layer in float")
+            self.refuse_int8_options("precision fp32 runs every layer in float")
 
 
 @register
