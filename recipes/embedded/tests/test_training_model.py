@@ -151,6 +151,41 @@ def test_model_card_shows_every_run_curve_point_and_lossy_source():
     assert "(en-us+f3, en-us+m6; no klatt" in text and "every sentence of `eval.txt`, `dev.txt`." in text
 
 
+def test_a_resume_on_a_changed_training_set_starts_a_new_epoch(tmp_path):
+    """Clips added between sessions: the run records the new set, and the old epoch's batch order
+    (indices into the old set) is not continued."""
+    from embedded_recipe.features import FeatureSet
+    from embedded_recipe.train import train
+
+    feats = _tiny_features(tmp_path)
+    first = train(_tiny_params(batch_seconds=1.0, max_duration_s=1.0), feats, feats, tmp_path / "ckpt", minutes=0)  # one step
+    assert first["epoch"] == 0 and first["batch_in_epoch"] == 1
+    assert first["runs"][0]["train_set"]["clips"] == 3
+    same = train(_tiny_params(batch_seconds=1.0, max_duration_s=1.0), feats, feats, tmp_path / "ckpt", minutes=0)
+    assert same["epoch"] == 0 and same["batch_in_epoch"] == 2, "the same set continues its epoch"
+    more = FeatureSet(feats.features + feats.features[:1], feats.tokens + feats.tokens[:1], feats.texts + ["extra"])
+    grown = train(_tiny_params(batch_seconds=1.0, max_duration_s=1.0), more, feats, tmp_path / "ckpt", minutes=0)
+    assert grown["epoch"] == 1 and grown["batch_in_epoch"] == 1
+    assert [run["train_set"]["clips"] for run in grown["runs"]] == [3, 3, 4]
+    assert grown["runs"][1]["train_set"]["digest"] != grown["runs"][2]["train_set"]["digest"]
+
+
+def test_a_changed_validation_set_restarts_the_best_wer(tmp_path, capsys):
+    from embedded_recipe.features import FeatureSet
+    from embedded_recipe.train import train
+
+    feats = _tiny_features(tmp_path)
+    params = _tiny_params(val_every_steps=1)
+    first = train(params, feats, feats, tmp_path / "ckpt", minutes=0)
+    assert first["best_val_wer"] is not None
+    fewer = FeatureSet(feats.features[:2], feats.tokens[:2], feats.texts[:2])
+    again = train(params, feats, fewer, tmp_path / "ckpt", minutes=0)
+    assert again["runs"][-1]["val_set"]["clips"] == 2
+    assert "validation set changed (3 -> 2 clips)" in capsys.readouterr().out
+    assert again["best_step"] == 2 and again["best_val_wer"] == again["curve"][-1]["val_wer"], \
+        "the first point on the new set is the best so far, whatever the old set's WER was"
+
+
 def test_progress_file_lists_the_runs_and_the_curve(tmp_path):
     from embedded_recipe.export import write_progress
     from embedded_recipe.train import train

@@ -107,8 +107,11 @@ def _run_lines(runs: list[dict]) -> list[str]:
     for run in runs:
         precision = "bf16 autocast" if run["bf16"] else "fp32"
         rate = run["audio_hours"] * 3600 / (run["minutes"] * 60) if run["minutes"] else 0.0
+        data = "-"  # recorded from stop 22 on
+        if "train_set" in run:
+            data = f"{run['train_set']['clips']} clips, {run['train_set']['hours']:.1f} h; val {run['val_set']['clips']}"
         lines.append(f"| {run['start_step']} | {run['minutes']:.1f} | {run['audio_hours']:.1f} | {rate:.0f} | "
-                     f"{run['cpu']}, {run['threads']} threads, {precision} |")
+                     f"{run['cpu']}, {run['threads']} threads, {precision} | {data} |")
     return lines
 
 
@@ -148,7 +151,7 @@ def write_progress(progress: dict, params: dict, path: Path) -> None:
         f"Step {progress['step']} of {params['max_steps']}, epoch {progress['epoch']}, {progress['minutes']:.0f} min "
         f"of training; best validation WER {'-' if best is None else f'{best:.3f}'} at step "
         f"{progress.get('best_step', '-')} (`best.ckpt`). Started from `{init['path']}` (sha256 `{init['sha256']}`).",
-        "", "| from step | minutes | audio hours | audio s/s | machine |", "|---|---|---|---|---|",
+        "", "| from step | minutes | audio hours | audio s/s | machine | training set |", "|---|---|---|---|---|---|",
         *_run_lines(progress["runs"]), "",
         "| step | epoch | minutes | train loss | val WER |", "|---|---|---|---|---|", *_curve_lines(progress["curve"]),
     ]
@@ -212,8 +215,8 @@ speed-perturbed copies at 0.9 and 1.1) and {data[synthetic_hours]:.2f} h synthet
 
 Runs (one per session or resume):
 
-| from step | minutes | audio hours | audio s/s | machine |
-|---|---|---|---|---|
+| from step | minutes | audio hours | audio s/s | machine | training set |
+|---|---|---|---|---|---|
 {runs}
 
 Learning curve (validation WER of greedy decoding; train loss averaged since the previous point):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import math
 import random
 import signal
@@ -201,6 +202,34 @@ def run_description(params: TrainParams, bf16: bool) -> dict:
             "torch": torch.__version__}
 
 
+def set_identity(feature_set: FeatureSet) -> dict:
+    """Clips, hours and a digest (texts and lengths) of a training or validation set."""
+    digest = hashlib.sha256(json.dumps([feature_set.texts, feature_set.frames]).encode()).hexdigest()
+    return {"clips": len(feature_set), "hours": round(sum(feature_set.frames) / FRAMES_PER_SECOND / 3600, 2),
+            "digest": digest[:16]}
+
+
+def adapt_to_changed_sets(progress: dict, train_set: dict, val_set: dict) -> None:
+    """A resumed run on other sets (clips added to the recipe's sources). Another training set
+    begins a new epoch: the old epoch's batch order indexes clips of the old set. Another
+    validation set restarts the best validation WER: WERs on two sets do not rank checkpoints.
+    Runs recorded before the sets were (stop 22) count as other sets."""
+    if not progress["runs"]:
+        return
+    unknown = {"clips": "?", "hours": "?", "digest": None}
+    previous = progress["runs"][-1]
+    before_train, before_val = previous.get("train_set", unknown), previous.get("val_set", unknown)
+    if before_train["digest"] != train_set["digest"] and progress["batch_in_epoch"]:
+        print(f"training set changed ({before_train['clips']} clips, {before_train['hours']} h -> "
+              f"{train_set['clips']} clips, {train_set['hours']} h): epoch {progress['epoch']} ends here", flush=True)
+        progress["epoch"] += 1
+        progress["batch_in_epoch"] = 0
+    if before_val["digest"] != val_set["digest"] and progress["best_val_wer"] is not None:
+        print(f"validation set changed ({before_val['clips']} -> {val_set['clips']} clips): the best "
+              f"validation WER so far ({progress['best_val_wer']:.3f}) no longer ranks best.ckpt", flush=True)
+        progress["best_val_wer"] = None
+
+
 def train(params: TrainParams, train_set: FeatureSet, val_set: FeatureSet, checkpoint_dir: Path,
           init_from: Path | None = None, minutes: float | None = None) -> dict:  # noqa: C901
     """Train to `params.max_steps` (or for `minutes` of this run, or until SIGINT/SIGTERM).
@@ -234,7 +263,9 @@ def train(params: TrainParams, train_set: FeatureSet, val_set: FeatureSet, check
             rng.seed(params.seed * 1000 + index)
         progress = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "minutes": 0.0, "best_val_wer": None,
                     "curve": [], "runs": [], "init_from": _file_identity(init_from)}
-    run = run_description(params, bf16) | {"start_step": progress["step"], "minutes": 0.0, "audio_hours": 0.0}
+    sets = {"train_set": set_identity(train_set), "val_set": set_identity(val_set)}
+    adapt_to_changed_sets(progress, **sets)
+    run = run_description(params, bf16) | {"start_step": progress["step"], "minutes": 0.0, "audio_hours": 0.0} | sets
     progress["runs"].append(run)
     stop = StopRequest()
     minutes_before = progress["minutes"]
