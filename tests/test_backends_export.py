@@ -289,7 +289,7 @@ def test_pt2e_needs_a_compiler(tmp_path, tiny_fused, monkeypatch):
     ({"backend": "ort", "activation_type": "u16"}, "choose one of: u8, s8"),
     ({"backend": "ort", "calibration": {"method": "mse"}}, "choose one of: minmax, entropy, percentile"),
     ({"backend": "ort", "calibration": {"percentile": 10}}, r"percentile must be in \(50, 100\]"),
-    ({"backend": "ort", "per_chanel": True}, "valid keys: float_layers, precision, preset"),
+    ({"backend": "ort", "per_chanel": True}, "valid keys: float_layers, equalize, precision, preset"),
     ({"backend": "ov", "inference_precision": "fp16"}, "choose one of: f32, bf16, plugin_default"),
     ({"backend": "ov", "loader": "load"}, "choose one of: convert_model, read_model"),
     ({"backend": "pt2e", "conv2d_form": "yes"}, "conv2d_form must be true or false"),
