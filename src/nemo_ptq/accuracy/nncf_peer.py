@@ -1,5 +1,6 @@
 """The peer of our search on OpenVINO: NNCF's `quantize_with_accuracy_control`, given the same
-calibration utterances, the same dev utterances and the same budget.
+calibration utterances, the same dev utterances and the same budget, with the variant's NNCF preset
+and bias correction.
 
 Its validation function is 1 - WER against NeMo's FP32 hypotheses on the dev set, and its
 max_drop (absolute) is the budget's max_wer_increase, so "drop <= max_drop" is our
@@ -54,11 +55,13 @@ def quantize_with_accuracy_control(trials: Trials, budget: AccuracyBudget, out_d
         onnx_path = export.export_onnx(fp32, Path(tmp) / "model.onnx", features)
         names = export.onnx_layer_names(onnx.load(str(onnx_path)), table)
         model = ov.convert_model(onnx_path)
-        preset = {"performance": nncf.QuantizationPreset.PERFORMANCE, "mixed": nncf.QuantizationPreset.MIXED}
+        bias_correction = backend.nncf_bias_correction()
         quantized = nncf.quantize_with_accuracy_control(
             model, nncf.Dataset(samples), nncf.Dataset(list(enumerate(scorer.features)), lambda item: item[1]),
             validate, max_drop=budget.max_wer_increase, drop_type=nncf.DropType.ABSOLUTE,
-            preset=preset[backend.config.preset], subset_size=len(samples))
+            preset=backend.nncf_preset(), subset_size=len(samples),
+            fast_bias_correction=bias_correction["fast_bias_correction"],
+            advanced_quantization_parameters=bias_correction["advanced_parameters"])
         ov.save_model(quantized, out_dir / ov_backend.MODEL, compress_to_fp16=False)
     export.write_tokens(out_dir / ov_backend.TOKENS, backend.card)
     backend.save_layers(out_dir, table, names)

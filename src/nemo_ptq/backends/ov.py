@@ -9,6 +9,10 @@ behind a Reshape, so NNCF sees a computed input, gives it per-element FakeQuanti
 the plugin runs every depthwise conv in float. `ov.convert_model` folds those constants first and
 NNCF then quantizes all convs (checked from the compiled model's runtime precisions).
 
+`bias_correction` picks NNCF's own bias correction: `fast` (nncf.quantize's default), `full`
+(`fast_bias_correction=False`: statistics collected layer by layer on the quantized model) or
+`none`. It acts at convert only, so one calibration serves every value.
+
 NNCF has no public way to save activation statistics and apply them later, so calibrate saves
 the sampled features (compressed) and quantize runs NNCF on exactly those.
 """
@@ -34,6 +38,7 @@ PRECISIONS = ("int8", "fp32")
 INFERENCE_PRECISIONS = ("f32", "bf16", "plugin_default")  # the CPU plugin's INFERENCE_PRECISION_HINT
 LOADERS = ("convert_model", "read_model")
 PRESETS = ("performance", "mixed")
+BIAS_CORRECTIONS = ("fast", "full", "none")
 MODEL = "model.xml"
 WEIGHTS = "model.bin"
 TOKENS = "tokens.txt"
@@ -42,18 +47,24 @@ WEIGHT_LAYER_TYPES = {"Convolution", "GroupConvolution", "FullyConnected", "MatM
 
 @dataclass(frozen=True)
 class OvConfig(BackendConfig):
+    CONVERT_OPTIONS = BackendConfig.CONVERT_OPTIONS + ("bias_correction",)
+
     precision: str = "int8"  # int8 (NNCF) | fp32 (the FP32 IR, no calibration)
     inference_precision: str = "f32"  # f32 | bf16 | plugin_default (leave the hint unset: bf16 here)
     loader: str = "convert_model"  # convert_model | read_model (read_model: depthwise convs stay float)
     preset: str = "performance"  # NNCF preset: performance (symmetric) | mixed (asymmetric activations)
+    bias_correction: str = "fast"  # NNCF's bias correction: fast (its default) | full | none
     calibration: CalibrationSample = field(default_factory=CalibrationSample)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_choices(self, {"precision": PRECISIONS, "inference_precision": INFERENCE_PRECISIONS,
-                             "loader": LOADERS, "preset": PRESETS})
+                             "loader": LOADERS, "preset": PRESETS, "bias_correction": BIAS_CORRECTIONS})
         if self.precision == "fp32":
             self.refuse_int8_options("precision fp32 runs every layer in float")
+            if self.bias_correction != "fast":
+                raise ValueError("bias_correction has no quantization to correct: precision fp32 runs every layer "
+                                 "in float; remove it")
 
 
 @register
@@ -107,9 +118,23 @@ class OvBackend(Backend):
     def _nncf_quantized(self, model, samples: list[np.ndarray], float_ops: list[str]):
         import nncf
 
-        preset = {"performance": nncf.QuantizationPreset.PERFORMANCE, "mixed": nncf.QuantizationPreset.MIXED}
-        return nncf.quantize(model, nncf.Dataset(samples), preset=preset[self.config.preset], subset_size=len(samples),
-                             ignored_scope=nncf.IgnoredScope(names=float_ops))
+        return nncf.quantize(model, nncf.Dataset(samples), preset=self.nncf_preset(), subset_size=len(samples),
+                             ignored_scope=nncf.IgnoredScope(names=float_ops), **self.nncf_bias_correction())
+
+    def nncf_preset(self):
+        import nncf
+
+        return {"performance": nncf.QuantizationPreset.PERFORMANCE,
+                "mixed": nncf.QuantizationPreset.MIXED}[self.config.preset]
+
+    def nncf_bias_correction(self) -> dict:
+        """nncf.quantize's arguments for `bias_correction` (the accuracy-control peer takes the
+        advanced parameters under another keyword: `advanced_quantization_parameters`)."""
+        from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+
+        return {"fast_bias_correction": self.config.bias_correction != "full",
+                "advanced_parameters": AdvancedQuantizationParameters(
+                    disable_bias_correction=self.config.bias_correction == "none")}
 
     def load(self, artifact_dir: Path, threads: int):
         compiled = self._compiled(Path(artifact_dir), threads)
