@@ -2,9 +2,10 @@
 
     python benchmarks/quant_option.py equalize --variants ort_int8 ov_int8
     python benchmarks/quant_option.py bias_correction --variants ov_int8 [--set equalize=cross_layer]
+    python benchmarks/quant_option.py calibration.per_layer --variants ort_int8 --set calibration.percentile=99.99
 
-For each variant named, everything as in params.yaml (plus any `--set KEY=VALUE`) but the option,
-which takes each of its values: calibrated on the same calibration utterances (once for a convert
+For each variant named, everything as in params.yaml (plus any `--set KEY=VALUE`; a dotted KEY is
+a nested option) but the option, which takes each of its values (named in VALUES): calibrated on the same calibration utterances (once for a convert
 option, which every value builds from; once per value otherwise), converted, and scored on the dev
 set against NeMo's FP32 model (WER vs FP32, WER, logit SQNR). The eval sets are not touched. Not
 timed: the artifacts are the same graph with other weights (the INT8 coverage is printed to show
@@ -26,7 +27,26 @@ from pathlib import Path
 from nemo_ptq.cli import run_stage
 
 RESULTS = Path(__file__).resolve().parent / "results"
-VALUES = {"equalize": ("none", "cross_layer"), "bias_correction": ("none", "fast", "full")}
+# In the QuartzNet/Jasper rewrite each sub-block is a depthwise conv (even body index) and a
+# pointwise conv (odd); residual 1x1 convs, the first and last blocks' convs and the decoder aside.
+DEPTHWISE = r"body\.\d*[02468]\.conv$"
+POINTWISE = r"body\.\d*[13579]\.conv$"
+VALUES = {  # option -> {name in the results: value}
+    "equalize": {"none": "none", "cross_layer": "cross_layer"},
+    "bias_correction": {"none": "none", "fast": "fast", "full": "full"},
+    # ort: the inputs of these layers calibrated by percentile or entropy, the rest by the variant's method
+    "calibration.per_layer": {"none": {}, "depthwise_percentile": {DEPTHWISE: "percentile"},
+                              "pointwise_percentile": {POINTWISE: "percentile"}, "all_percentile": {".": "percentile"},
+                              "pointwise_entropy": {POINTWISE: "entropy"}, "all_entropy": {".": "entropy"}},
+}
+
+
+def replaced(config, key: str, value):
+    """`config` with the option `key` (dotted: a nested option) set to `value`."""
+    name, _, rest = key.partition(".")
+    if name not in {f.name for f in dataclasses.fields(config)}:
+        raise ValueError(f"no option {key}")
+    return dataclasses.replace(config, **{name: replaced(getattr(config, name), rest, value) if rest else value})
 
 
 def main() -> None:
@@ -50,7 +70,9 @@ def main() -> None:
     for folder in ("data/model", "data/fused", "data/prepared", "data/dev"):
         if not Path(folder).is_dir():
             raise DataError(f"{folder} is missing: run dvc repro fuse prepare-dev")
-    fixed = dict(item.split("=", 1) for item in args.set)
+    import yaml
+
+    fixed = {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.set)}
     if args.option in fixed:
         raise ConfigError(f"--set {args.option}=... fixes the option being varied; leave it out")
     params = load_config(SensitivityParams, "sensitivity", args.params)
@@ -61,30 +83,33 @@ def main() -> None:
             session = open_session(variant, args.params, params, Path("data/model"), Path("data/fused"),
                                    Path("data/dev"), Path(tmp) / "unused")
             base = session.trials.backend
-            if args.option not in {f.name for f in dataclasses.fields(base.config)}:
-                raise ConfigError(f"variants.{variant}: the {base.name} backend has no option {args.option}")
-            chosen = select_utterances(pool, base.calibration_sample())
             convert_option = args.option in base.config.CONVERT_OPTIONS
             rows = {}
-            for value in VALUES[args.option]:
-                config = dataclasses.replace(base.config, **fixed, **{args.option: value})
+            for label, value in VALUES[args.option].items():
+                try:
+                    config = base.config
+                    for key, fixed_value in [*fixed.items(), (args.option, value)]:
+                        config = replaced(config, key, fixed_value)
+                except ValueError as err:
+                    raise ConfigError(f"variants.{variant} ({base.name} backend): {err}") from None
                 backend = type(base)(config, base.card, variant, base.model_dir)
-                calibration = Path(tmp) / f"{variant}_{'shared' if convert_option else value}_cal"
+                chosen = select_utterances(pool, backend.calibration_sample())
+                calibration = Path(tmp) / f"{variant}_{'shared' if convert_option else label}_cal"
                 if not calibration.is_dir():
                     backend.calibrate(session.trials.fp32, (utt.features() for utt in chosen), calibration)
-                artifact = Path(tmp) / f"{variant}_{value}"
+                artifact = Path(tmp) / f"{variant}_{label}"
                 trials = Trials(backend, session.trials.fp32, calibration, session.trials.scorer, params.threads)
                 trials.build([], artifact)
                 runner = backend.load(artifact, params.threads)
-                rows[value] = {"dev": trials.scorer.score(runner).as_dict(),
+                rows[label] = {"value": value, "dev": trials.scorer.score(runner).as_dict(),
                                "int8_weight_mac_fraction": backend.describe(artifact).int8_weight_mac_fraction}
                 del runner
-                print(f"{variant} {args.option}={value}: {rows[value]}", file=sys.stderr)
+                print(f"{variant} {args.option}={label}: {rows[label]}", file=sys.stderr)
             result["variants"][variant] = {"calibration_utterances": len(chosen), "calibrations": 1 if convert_option
                                            else len(rows), "dev_utterances": len(session.trials.scorer),
                                            args.option: rows}
     RESULTS.mkdir(exist_ok=True)
-    name = "_".join([args.option, *(f"{key}-{value}" for key, value in sorted(fixed.items()))])
+    name = "_".join([args.option, *(f"{key}-{value}" for key, value in sorted(fixed.items()))]).replace(".", "_")
     (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
     print(f"| variant | {args.option} | dev WER vs FP32 | dev WER | logit SQNR dB | INT8 share of MACs |")
     print("|---|---|---|---|---|---|")

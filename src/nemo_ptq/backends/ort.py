@@ -2,6 +2,9 @@
 
 calibrate: export to ONNX, run ORT's calibrator (MinMax, Entropy or Percentile) over the
 calibration features one utterance at a time, save the ranges (ORT's own JSON format).
+`calibration.per_layer` ({regex on the FP32 module path: method}) gives the activation input of the
+matching weight layers another method's range: each method named runs its own calibrator over the
+same utterances, and the saved ranges take each tensor from its layer's method.
 quantize:  export again (deterministic, same tensor names), apply THOSE ranges through
 `quantize_static(calibration_cache_path=...)` without re-running calibration (`precision:
 dynamic`: `quantize_dynamic`, which needs none), and write a deployable folder: model.onnx
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+from collections.abc import Mapping
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -70,13 +74,41 @@ INT8_OPS = {"QLinearConv", "ConvInteger", "QLinearMatMul", "MatMulInteger", "Mat
 @dataclass(frozen=True)
 class OrtCalibration(CalibrationSample):
     method: str = "minmax"  # minmax | entropy | percentile (ORT's calibrators)
-    percentile: float = 99.999  # for method: percentile
+    percentile: float = 99.999  # for method: percentile (here and in per_layer)
+    # {regex searched in the FP32 module path: method}: the activation input of each matching
+    # weight layer takes that method's range (the first matching pattern wins); others take `method`.
+    per_layer: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_choices(self, {"method": METHODS})
         if not 50.0 < float(self.percentile) <= 100.0:
             raise ValueError(f"percentile must be in (50, 100], got {self.percentile}")
+        if not isinstance(self.per_layer, Mapping):
+            raise ValueError("per_layer must map a regex on FP32 module paths to a method, "
+                             "e.g. {'body\\.0\\.': percentile}")
+        for pattern, method in self.per_layer.items():
+            try:
+                re.compile(pattern)
+            except (re.error, TypeError) as err:
+                raise ValueError(f"per_layer: {pattern!r} is not a regular expression ({err})") from None
+            if method not in METHODS:
+                raise ValueError(f"per_layer: unknown method {method!r} for {pattern!r}; "
+                                 f"choose one of: {', '.join(METHODS)}")
+
+    def layer_methods(self, layer_paths: Iterable[str]) -> dict[str, str]:
+        """FP32 module path -> its calibration method, for the layers that `per_layer` matches;
+        ConfigError for a pattern that matches no layer (a typo would silently change nothing)."""
+        paths = list(layer_paths)
+        methods: dict[str, str] = {}
+        for pattern, method in self.per_layer.items():
+            matched = [path for path in paths if re.search(pattern, path)]
+            if not matched:
+                raise ConfigError(f"calibration.per_layer: {pattern!r} matches no weight layer of this model "
+                                  f"(they are named like {', '.join(paths[:3])}, ...)")
+            for path in matched:
+                methods.setdefault(path, method)
+        return methods
 
 
 @dataclass(frozen=True)
@@ -131,6 +163,11 @@ class OrtBackend(Backend):
     def calibration_sample(self) -> OrtCalibration | None:
         return self.config.calibration if self.config.precision == "int8" else None
 
+    def calibrate(self, fp32: nn.Module, features: Iterable[np.ndarray], out_dir: Path) -> None:
+        if self.calibration_sample() is not None:  # a per_layer pattern that matches nothing: before any output
+            self.config.calibration.layer_methods(self.layer_table(fp32))
+        super().calibrate(fp32, features, out_dir)
+
     def _fp32_onnx(self, fp32: nn.Module, work_dir: Path) -> Path:
         """The FP32 ONNX model quantization starts from (pre-processed when configured)."""
         path = export.export_onnx(fp32, work_dir / "exported.onnx", export.feature_dim(fp32, self.card),
@@ -148,25 +185,41 @@ class OrtBackend(Backend):
         return pre
 
     def observe(self, fp32: nn.Module, features: Iterable[np.ndarray], payload: Path) -> None:
-        from onnxruntime.quantization import save_tensors_data
+        from onnxruntime.quantization import TensorsData, save_tensors_data
 
+        cal = self.config.calibration
         with tempfile.TemporaryDirectory() as tmp:
             model = self._fp32_onnx(fp32, Path(tmp))
-            calibrator = self._calibrator(model, Path(tmp) / "augmented.onnx")
+            tensor_methods = self._tensor_methods(fp32, model)
+            methods = [cal.method] + sorted(set(tensor_methods.values()) - {cal.method})
+            calibrators = {m: self._calibrator(model, Path(tmp) / f"augmented_{m}.onnx", m) for m in methods}
             for feats in features:  # one utterance per call: memory stays at one utterance
                 feed = export.deployment_feed(feats[None])
                 if not self.config.mask_padding:
                     del feed[export.LENGTH]  # the unmasked export has no length input until convert adds it
-                calibrator.collect_data(_Reader(feed))
-            save_tensors_data(calibrator.compute_data(), payload)
+                for calibrator in calibrators.values():
+                    calibrator.collect_data(_Reader(feed))
+            ranges = {m: calibrator.compute_data() for m, calibrator in calibrators.items()}
+            merged = {name: ranges[tensor_methods.get(name, cal.method)][name] for name in ranges[cal.method]}
+            save_tensors_data(TensorsData(ranges[cal.method].calibration_method, merged), payload)
 
-    def _calibrator(self, model: Path, augmented: Path):
+    def _tensor_methods(self, fp32: nn.Module, model: Path) -> dict[str, str]:
+        """Activation tensor -> calibration method, for the inputs of the layers `per_layer` matches."""
+        if not self.config.calibration.per_layer:
+            return {}
+        proto = onnx.load(str(model))
+        table = self.layer_table(fp32)
+        node_inputs = {node.name: node.input[0] for node in proto.graph.node}
+        names = export.onnx_layer_names(proto, table)
+        return {node_inputs[node]: method
+                for path, method in self.config.calibration.layer_methods(table).items()
+                for node in names.get(path, [])}
+
+    def _calibrator(self, model: Path, augmented: Path, method: str):
         from onnxruntime.quantization import create_calibrator
 
-        cal = self.config.calibration
-        method = _method(cal.method)
-        options = {"percentile": float(cal.percentile)} if cal.method == "percentile" else {}
-        return create_calibrator(model, None, augmented_model_path=str(augmented), calibrate_method=method,
+        options = {"percentile": float(self.config.calibration.percentile)} if method == "percentile" else {}
+        return create_calibrator(model, None, augmented_model_path=str(augmented), calibrate_method=_method(method),
                                  extra_options=options)
 
     def convert(self, fp32: nn.Module, payload: Path | None, out_dir: Path) -> None:

@@ -1,0 +1,90 @@
+"""`calibration.per_layer` on ort variants: the activation inputs of the matching weight layers take
+another calibration method's ranges, every other tensor the variant's `method`; patterns and
+methods are checked before anything is written."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from nemo_ptq.errors import ConfigError
+from test_backend_contract import QUARTZNET_CARD, TEMPLATES, _features
+
+ORT = next(template for template in TEMPLATES if template.backend == "ort")
+DEPTHWISE = r"body\.[02]\.conv$"  # in the tiny rewrite: each block's depthwise convs
+
+
+def _ranges(cal_dir) -> tuple[str, dict[str, tuple[float, float]]]:
+    from onnxruntime.quantization import load_tensors_data
+
+    saved = load_tensors_data(cal_dir / "ranges.json")
+    data = {name: tuple(float(np.asarray(v).item()) for v in td.range_value) for name, td in saved.items()}
+    return saved.calibration_method, data
+
+
+@pytest.fixture(scope="module")
+def calibrations(tmp_path_factory, tiny_fused):
+    """The same utterances calibrated three ways: minmax, percentile, and minmax with the
+    depthwise inputs from percentile (99 %: the methods differ on every tensor)."""
+    tmp = tmp_path_factory.mktemp("per_layer")
+    made = {}
+    for name, calibration in (("minmax", {"method": "minmax"}),
+                              ("percentile", {"method": "percentile", "percentile": 99.0}),
+                              ("mixed", {"method": "minmax", "percentile": 99.0,
+                                         "per_layer": {DEPTHWISE: "percentile"}})):
+        backend, cal = ORT().calibrated(tmp, tiny_fused, QUARTZNET_CARD, name=name,
+                                        calibration={"num_utterances": 3, "seed": 0, **calibration})
+        made[name] = (backend, cal)
+    return made
+
+
+def test_matched_inputs_take_the_other_method_and_the_rest_the_default(calibrations):
+    method, minmax = _ranges(calibrations["minmax"][1])
+    _, percentile = _ranges(calibrations["percentile"][1])
+    mixed_method, mixed = _ranges(calibrations["mixed"][1])
+    assert mixed_method == method, "saved under the variant's method, which quantize passes to ORT"
+    assert set(mixed) == set(minmax)
+    from_percentile = {name for name in mixed if mixed[name] != minmax[name]}
+    assert all(mixed[name] == percentile[name] for name in from_percentile)
+    # the tiny rewrite has 13 depthwise convs; each reads its own tensor (the features, or a ReLU's output)
+    assert 0 < len(from_percentile) <= 13
+    differing = {name for name in minmax if minmax[name] != percentile[name]}
+    assert len(differing) > len(from_percentile), "the other tensors kept minmax although percentile differs"
+
+
+def test_the_mixed_calibration_quantizes_close_to_fp32(tmp_path, tiny_fused, calibrations):
+    backend, cal = calibrations["mixed"]
+    backend.quantize(tiny_fused, cal, tmp_path / "q")
+    features = _features(64, 1, 320, seed=1)[0][None]
+    log_probs = backend.load(tmp_path / "q", threads=1)(features)
+    with torch.inference_mode():
+        reference = tiny_fused(torch.from_numpy(features)).numpy()
+    assert (log_probs.argmax(-1) == reference.argmax(-1)).mean() >= 0.8
+
+
+def test_per_layer_is_part_of_the_calibration_identity(tmp_path, tiny_fused, calibrations):
+    _, cal = calibrations["minmax"]
+    other = ORT().make("quartznet", QUARTZNET_CARD, calibration={"num_utterances": 3, "seed": 0,
+                                                                 "per_layer": {DEPTHWISE: "entropy"}})
+    with pytest.raises(Exception, match="differs in: calibration"):
+        other.quantize(tiny_fused, cal, tmp_path / "q")
+
+
+def test_a_pattern_that_matches_no_layer_is_refused_before_any_output(tmp_path, tiny_fused):
+    backend = ORT().make("quartznet", QUARTZNET_CARD, calibration={"num_utterances": 3, "seed": 0,
+                                                                   "per_layer": {r"blocks\.99\.": "percentile"}})
+    with pytest.raises(ConfigError, match=r"per_layer: 'blocks\\\\.99\\\\.' matches no weight layer of this model "
+                                          r"\(they are named like blocks.0.body.0.conv"):
+        backend.calibrate(tiny_fused, iter(_features(64, 3, 160, seed=0)), tmp_path / "cal")
+    assert not (tmp_path / "cal").exists()
+
+
+@pytest.mark.parametrize("per_layer, message", [
+    ({"body": "kl"}, "per_layer: unknown method 'kl' for 'body'; choose one of: minmax, entropy, percentile"),
+    ({"body[": "percentile"}, r"per_layer: 'body\[' is not a regular expression"),
+    (["body"], "per_layer must map a regex on FP32 module paths to a method"),
+])
+def test_bad_per_layer_is_one_config_error(per_layer, message):
+    with pytest.raises(ConfigError, match=message):
+        ORT().make("quartznet", QUARTZNET_CARD, calibration={"per_layer": per_layer})
