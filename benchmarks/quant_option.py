@@ -2,17 +2,18 @@
 
     python benchmarks/quant_option.py equalize --variants ort_int8 ov_int8
     python benchmarks/quant_option.py bias_correction --variants ov_int8 [--set equalize=cross_layer]
-    python benchmarks/quant_option.py calibration.per_layer --variants ort_int8 --set calibration.percentile=99.99
+    python benchmarks/quant_option.py calibration.per_layer --variants ort_int8
 
 For each variant named, everything as in params.yaml (plus any `--set KEY=VALUE`; a dotted KEY is
-a nested option) but the option, which takes each of its values (named in VALUES): calibrated on the same calibration utterances (once for a convert
-option, which every value builds from; once per value otherwise), converted, and scored on the dev
-set against NeMo's FP32 model (WER vs FP32, WER, logit SQNR). The eval sets are not touched. Not
-timed: the artifacts are the same graph with other weights (the INT8 coverage is printed to show
-it), and two sessions of one runtime in one process slow each other unevenly (measured: ORT 20-50 %
-apart in-process, within noise in separate processes). Needs `dvc repro fuse prepare-dev`
-(data/model, data/fused, data/prepared, data/dev). Writes benchmarks/results/<option>[_<set>].json
-and prints a markdown table.
+a nested option, e.g. calibration.percentile=99.99) but the option, which takes each of its values
+(named in VALUES): calibrated on the same calibration utterances (once for a convert option, which
+every value builds from; once per value otherwise), converted, and scored on the dev set against
+NeMo's FP32 model (WER vs FP32, WER, logit SQNR). The eval sets are not touched. Not timed: the
+artifacts are the same graph with other weights (the INT8 coverage is printed to show it), and two
+sessions of one runtime in one process slow each other unevenly (measured: ORT 20-50 % apart
+in-process, within noise in separate processes). Needs `dvc repro fuse prepare-dev` (data/model,
+data/fused, data/prepared, data/dev). Writes benchmarks/results/<option>[_<KEY>-<VALUE>...].json
+(dots as underscores) and prints a markdown table.
 """
 
 from __future__ import annotations

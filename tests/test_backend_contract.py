@@ -66,6 +66,16 @@ def _features(feature_dim: int, count: int, frames: int, seed: int) -> list[np.n
     return [rng.standard_normal((feature_dim, frames)).astype(np.float32) for _ in range(count)]
 
 
+def agreement_with_fp32(backend: Backend, artifact_dir, fp32, feature_dim: int = 64) -> tuple[float, np.ndarray]:
+    """(share of frames whose argmax equals the FP32 model's, the artifact's log-probs) on one
+    seeded random utterance of 320 frames."""
+    features = _features(feature_dim, 1, 320, seed=1)[0][None]
+    log_probs = backend.load(artifact_dir, threads=1)(features)
+    with torch.inference_mode():
+        reference = fp32(torch.from_numpy(features)).numpy()
+    return float((log_probs.argmax(-1) == reference.argmax(-1)).mean()), log_probs
+
+
 def pytest_generate_tests(metafunc):
     """`model` runs over MODELS; a template's slow models are marked slow."""
     if "model" in metafunc.fixturenames and metafunc.cls is not None:
@@ -160,11 +170,7 @@ class BackendTemplate:
         chosen_share = sum(table[path].macs for path in chosen) / sum(layer.macs for layer in table.values())
         assert mac_fraction["q_float"] == pytest.approx(mac_fraction["q_int8"] - chosen_share)
 
-        features = _features(card["feature_dim"], 1, 320, seed=1)[0][None]
-        log_probs = backend.load(tmp_path / "q_float", threads=1)(features)
-        with torch.inference_mode():
-            reference = fp32(torch.from_numpy(features)).numpy()
-        assert (log_probs.argmax(-1) == reference.argmax(-1)).mean() >= 0.8
+        assert agreement_with_fp32(backend, tmp_path / "q_float", fp32, card["feature_dim"])[0] >= 0.8
 
     def test_unknown_float_layer_is_a_config_error(self, tmp_path, tiny_fused):
         backend = self.make("quartznet", QUARTZNET_CARD, float_layers=["blocks.0.nope"])

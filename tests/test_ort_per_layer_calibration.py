@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from nemo_ptq.errors import ConfigError
-from test_backend_contract import QUARTZNET_CARD, TEMPLATES, _features
+from test_backend_contract import QUARTZNET_CARD, TEMPLATES, _features, agreement_with_fp32
 
 ORT = next(template for template in TEMPLATES if template.backend == "ort")
 DEPTHWISE = r"body\.[02]\.conv$"  # in the tiny rewrite: each block's depthwise convs
@@ -56,11 +55,7 @@ def test_matched_inputs_take_the_other_method_and_the_rest_the_default(calibrati
 def test_the_mixed_calibration_quantizes_close_to_fp32(tmp_path, tiny_fused, calibrations):
     backend, cal = calibrations["mixed"]
     backend.quantize(tiny_fused, cal, tmp_path / "q")
-    features = _features(64, 1, 320, seed=1)[0][None]
-    log_probs = backend.load(tmp_path / "q", threads=1)(features)
-    with torch.inference_mode():
-        reference = tiny_fused(torch.from_numpy(features)).numpy()
-    assert (log_probs.argmax(-1) == reference.argmax(-1)).mean() >= 0.8
+    assert agreement_with_fp32(backend, tmp_path / "q", tiny_fused)[0] >= 0.8
 
 
 def test_per_layer_is_part_of_the_calibration_identity(tmp_path, tiny_fused, calibrations):
