@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -28,17 +29,31 @@ from pathlib import Path
 from nemo_ptq.cli import run_stage
 
 RESULTS = Path(__file__).resolve().parent / "results"
-# In the QuartzNet/Jasper rewrite each sub-block is a depthwise conv (even body index) and a
-# pointwise conv (odd); residual 1x1 convs, the first and last blocks' convs and the decoder aside.
-DEPTHWISE = r"body\.\d*[02468]\.conv$"
-POINTWISE = r"body\.\d*[13579]\.conv$"
-VALUES = {  # option -> {name in the results: value}
+
+
+def separable_groups(fp32) -> dict[str, str]:
+    """{"depthwise": regex, "pointwise": regex} matching exactly the FP32 module paths of the
+    depthwise convs (groups == channels > 1) and of the 1x1 conv that follows each in its body."""
+    modules = dict(fp32.named_modules())
+    depthwise = [path for path, m in modules.items() if path.endswith(".conv") and getattr(m, "groups", 1) > 1
+                 and m.groups == m.in_channels]
+    pointwise = [path for path in (re.sub(r"body\.(\d+)\.conv$", lambda g: f"body.{int(g[1]) + 1}.conv", d)
+                                   for d in depthwise) if path in modules]
+
+    def exactly(paths: list[str]) -> str:
+        return "^(" + "|".join(re.escape(path) for path in paths) + ")$"
+
+    return {"depthwise": exactly(depthwise), "pointwise": exactly(pointwise)}
+
+
+VALUES = {  # option -> {name in the results: value, or a function of the FP32 model's separable groups}
     "equalize": {"none": "none", "cross_layer": "cross_layer"},
     "bias_correction": {"none": "none", "fast": "fast", "full": "full"},
     # ort: the inputs of these layers calibrated by percentile or entropy, the rest by the variant's method
-    "calibration.per_layer": {"none": {}, "depthwise_percentile": {DEPTHWISE: "percentile"},
-                              "pointwise_percentile": {POINTWISE: "percentile"}, "all_percentile": {".": "percentile"},
-                              "pointwise_entropy": {POINTWISE: "entropy"}, "all_entropy": {".": "entropy"}},
+    "calibration.per_layer": {
+        "none": {}, "depthwise_percentile": lambda g: {g["depthwise"]: "percentile"},
+        "pointwise_percentile": lambda g: {g["pointwise"]: "percentile"}, "all_percentile": {".": "percentile"},
+        "pointwise_entropy": lambda g: {g["pointwise"]: "entropy"}, "all_entropy": {".": "entropy"}},
 }
 
 
@@ -87,6 +102,8 @@ def main() -> None:
             convert_option = args.option in base.config.CONVERT_OPTIONS
             rows = {}
             for label, value in VALUES[args.option].items():
+                if callable(value):
+                    value = value(separable_groups(session.trials.fp32))
                 try:
                     config = base.config
                     for key, fixed_value in [*fixed.items(), (args.option, value)]:

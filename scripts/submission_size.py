@@ -5,6 +5,8 @@
 A submission is refused whole when the diffs of all its commits add up to more than 256 MiB. This
 counts, per commit, the old and the new blob of every changed file (a conservative reading of "the
 diff as text": a checkpoint rewritten in three commits counts six times), and prints the largest.
+Submodule entries and objects this clone lacks count 0; merge commits count only through the
+commits they bring in.
 Exits 1 above the limit. Stops 22 and 23 lost everything by committing the 81 MB `last.ckpt` three
 times; commit checkpoints once, at the end of a session.
 """
@@ -28,7 +30,12 @@ def blob_sizes(blobs: set[str]) -> dict[str, int]:
         return {}
     out = subprocess.run(["git", "cat-file", "--batch-check=%(objectname) %(objectsize)"], check=True,
                          capture_output=True, text=True, input="\n".join(sorted(blobs)) + "\n").stdout
-    return {name: int(size) for name, size in (line.split() for line in out.splitlines())}
+    sizes = {}
+    for line in out.splitlines():
+        name, size = line.split()[:2]
+        if size.isdigit():  # "<sha> missing": a submodule's commit, or an object this clone lacks
+            sizes[name] = int(size)
+    return sizes
 
 
 def main() -> int:

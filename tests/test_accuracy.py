@@ -224,3 +224,33 @@ def test_the_nncf_peer_writes_a_loadable_openvino_artifact(tmp_path, tiny_fused)
     assert backend.describe(tmp_path / "peer").int8_weight_mac_fraction > 0.5
     with pytest.raises(ConfigError, match="use metric wer_vs_fp32"):
         nncf_peer.quantize_with_accuracy_control(trials, AccuracyBudget(0.1, "wer", 1.0), tmp_path / "peer2")
+
+
+@pytest.mark.parametrize("value, fast, disabled", [("fast", True, False), ("full", False, False),
+                                                   ("none", True, True)])
+def test_the_nncf_peer_uses_the_variants_bias_correction(tmp_path, tiny_fused, monkeypatch, value, fast, disabled):
+    """What NNCF's accuracy control is asked for follows the variant's `bias_correction` (the call
+    is intercepted: the loadable artifact is the test above's)."""
+    import nncf
+
+    from nemo_ptq.accuracy import nncf_peer
+
+    class Called(Exception):
+        pass
+
+    def intercepted(*args, **kwargs):
+        raise Called(kwargs)
+
+    monkeypatch.setattr(nncf, "quantize_with_accuracy_control", intercepted)
+    backend = get_backend("v", {"backend": "ov", "calibration": {"num_utterances": 2, "seed": 0},
+                                "bias_correction": value}, CARD)
+    rng = np.random.default_rng(0)
+    pool = [rng.standard_normal((64, 200)).astype(np.float32) for _ in range(2)]
+    backend.calibrate(tiny_fused, iter(select_utterances(pool, backend.calibration_sample())), tmp_path / "cal")
+    scorer = DevScorer(dev_set(tmp_path), fp32_runner(tiny_fused), CtcVocabulary.from_card(CARD), 64, 3)
+    trials = Trials(backend, tiny_fused, tmp_path / "cal", scorer, threads=1)
+    with pytest.raises(Called) as called:
+        nncf_peer.quantize_with_accuracy_control(trials, AccuracyBudget(0.1, "wer_vs_fp32", 1.0), tmp_path / "peer")
+    kwargs = called.value.args[0]
+    assert kwargs["fast_bias_correction"] is fast
+    assert kwargs["advanced_quantization_parameters"].disable_bias_correction is disabled

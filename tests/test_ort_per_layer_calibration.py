@@ -11,7 +11,10 @@ from nemo_ptq.errors import ConfigError
 from test_backend_contract import QUARTZNET_CARD, TEMPLATES, _features, agreement_with_fp32
 
 ORT = next(template for template in TEMPLATES if template.backend == "ort")
-DEPTHWISE = r"body\.[02]\.conv$"  # in the tiny rewrite: each block's depthwise convs
+# The tiny rewrite's 12 depthwise convs (block 7 is a dense 1x1 conv); each reads a tensor of its
+# own: the features (block 0), a block's input (also read by its residual conv) or a ReLU's output.
+DEPTHWISE = r"^blocks\.[0-6]\.body\.[02]\.conv$"
+RESIDUALS = r"residuals\.0\.conv$"  # blocks 1-5: each reads its block's input, as body.0 does
 
 
 def _ranges(cal_dir) -> tuple[str, dict[str, tuple[float, float]]]:
@@ -24,14 +27,20 @@ def _ranges(cal_dir) -> tuple[str, dict[str, tuple[float, float]]]:
 
 @pytest.fixture(scope="module")
 def calibrations(tmp_path_factory, tiny_fused):
-    """The same utterances calibrated three ways: minmax, percentile, and minmax with the
-    depthwise inputs from percentile (99 %: the methods differ on every tensor)."""
+    """The same utterances calibrated by minmax, percentile (99 %: the methods differ on every
+    tensor), entropy, and minmax with the depthwise inputs from percentile, alone and beside a
+    pattern for the residual convs (which read the same tensors as five of the depthwise convs)."""
     tmp = tmp_path_factory.mktemp("per_layer")
     made = {}
     for name, calibration in (("minmax", {"method": "minmax"}),
                               ("percentile", {"method": "percentile", "percentile": 99.0}),
+                              ("entropy", {"method": "entropy"}),
                               ("mixed", {"method": "minmax", "percentile": 99.0,
-                                         "per_layer": {DEPTHWISE: "percentile"}})):
+                                         "per_layer": {DEPTHWISE: "percentile"}}),
+                              ("residuals_first", {"method": "minmax", "percentile": 99.0,
+                                                   "per_layer": {RESIDUALS: "entropy", DEPTHWISE: "percentile"}}),
+                              ("depthwise_first", {"method": "minmax", "percentile": 99.0,
+                                                   "per_layer": {DEPTHWISE: "percentile", RESIDUALS: "entropy"}})):
         backend, cal = ORT().calibrated(tmp, tiny_fused, QUARTZNET_CARD, name=name,
                                         calibration={"num_utterances": 3, "seed": 0, **calibration})
         made[name] = (backend, cal)
@@ -43,13 +52,23 @@ def test_matched_inputs_take_the_other_method_and_the_rest_the_default(calibrati
     _, percentile = _ranges(calibrations["percentile"][1])
     mixed_method, mixed = _ranges(calibrations["mixed"][1])
     assert mixed_method == method, "saved under the variant's method, which quantize passes to ORT"
-    assert set(mixed) == set(minmax)
     from_percentile = {name for name in mixed if mixed[name] != minmax[name]}
     assert all(mixed[name] == percentile[name] for name in from_percentile)
-    # the tiny rewrite has 13 depthwise convs; each reads its own tensor (the features, or a ReLU's output)
-    assert 0 < len(from_percentile) <= 13
+    assert len(from_percentile) == 12, "one tensor per depthwise conv"
+    assert "audio_signal" in from_percentile, "the features, which blocks.0.body.0 reads"
     differing = {name for name in minmax if minmax[name] != percentile[name]}
     assert len(differing) > len(from_percentile), "the other tensors kept minmax although percentile differs"
+
+
+def test_a_tensor_read_by_layers_of_two_patterns_takes_the_first_pattern(calibrations):
+    _, percentile = _ranges(calibrations["percentile"][1])
+    _, entropy = _ranges(calibrations["entropy"][1])
+    _, residuals_first = _ranges(calibrations["residuals_first"][1])
+    _, depthwise_first = _ranges(calibrations["depthwise_first"][1])
+    shared = {name for name in residuals_first if residuals_first[name] != depthwise_first[name]}
+    assert len(shared) == 5, "the inputs of blocks 1-5, read by body.0 and by the residual conv"
+    assert all(residuals_first[name] == entropy[name] != percentile[name] == depthwise_first[name]
+               for name in shared)
 
 
 def test_the_mixed_calibration_quantizes_close_to_fp32(tmp_path, tiny_fused, calibrations):
@@ -69,10 +88,15 @@ def test_per_layer_is_part_of_the_calibration_identity(tmp_path, tiny_fused, cal
 def test_a_pattern_that_matches_no_layer_is_refused_before_any_output(tmp_path, tiny_fused):
     backend = ORT().make("quartznet", QUARTZNET_CARD, calibration={"num_utterances": 3, "seed": 0,
                                                                    "per_layer": {r"blocks\.99\.": "percentile"}})
-    with pytest.raises(ConfigError, match=r"per_layer: 'blocks\\\\.99\\\\.' matches no weight layer of this model "
-                                          r"\(they are named like blocks.0.body.0.conv"):
+    with pytest.raises(ConfigError, match=r"variants.v.calibration.per_layer: 'blocks\\\\.99\\\\.' matches no "
+                                          r"weight layer of this model \(they are named like blocks.0.body.0.conv"):
         backend.calibrate(tiny_fused, iter(_features(64, 3, 160, seed=0)), tmp_path / "cal")
     assert not (tmp_path / "cal").exists()
+
+
+def test_per_layer_needs_a_static_int8_calibration():
+    with pytest.raises(ConfigError, match="calibration.per_layer has no calibration to split: precision dynamic"):
+        ORT().make("quartznet", QUARTZNET_CARD, precision="dynamic", calibration={"per_layer": {DEPTHWISE: "entropy"}})
 
 
 @pytest.mark.parametrize("per_layer, message", [

@@ -16,7 +16,8 @@ def _git(repo: Path, *args: str) -> str:
 def _commit(repo: Path, name: str, size: int, seed: int) -> None:
     (repo / name).write_bytes(bytes((seed * 7 + i) % 251 for i in range(size)))
     _git(repo, "add", name)
-    _git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", f"{name} {seed}")
+    _git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false", "commit", "-q", "-m",
+         f"{name} {seed}")
 
 
 def _run(repo: Path, base: str) -> subprocess.CompletedProcess:

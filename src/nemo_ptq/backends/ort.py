@@ -4,7 +4,9 @@ calibrate: export to ONNX, run ORT's calibrator (MinMax, Entropy or Percentile) 
 calibration features one utterance at a time, save the ranges (ORT's own JSON format).
 `calibration.per_layer` ({regex on the FP32 module path: method}) gives the activation input of the
 matching weight layers another method's range: each method named runs its own calibrator over the
-same utterances, and the saved ranges take each tensor from its layer's method.
+same utterances, and the saved ranges take each tensor from its layer's method. Ranges belong to
+tensors, so a tensor that several layers read (a block's input feeds its first conv and its
+residual conv) takes the method of the first pattern that matches any of them.
 quantize:  export again (deterministic, same tensor names), apply THOSE ranges through
 `quantize_static(calibration_cache_path=...)` without re-running calibration (`precision:
 dynamic`: `quantize_dynamic`, which needs none), and write a deployable folder: model.onnx
@@ -28,9 +30,8 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Mapping
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -76,7 +77,8 @@ class OrtCalibration(CalibrationSample):
     method: str = "minmax"  # minmax | entropy | percentile (ORT's calibrators)
     percentile: float = 99.999  # for method: percentile (here and in per_layer)
     # {regex searched in the FP32 module path: method}: the activation input of each matching
-    # weight layer takes that method's range (the first matching pattern wins); others take `method`.
+    # weight layer takes that method's range (per tensor, the first pattern that matches a layer
+    # reading it wins); other tensors take `method`. int8 precision only.
     per_layer: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -96,19 +98,18 @@ class OrtCalibration(CalibrationSample):
                 raise ValueError(f"per_layer: unknown method {method!r} for {pattern!r}; "
                                  f"choose one of: {', '.join(METHODS)}")
 
-    def layer_methods(self, layer_paths: Iterable[str]) -> dict[str, str]:
-        """FP32 module path -> its calibration method, for the layers that `per_layer` matches;
-        ConfigError for a pattern that matches no layer (a typo would silently change nothing)."""
+    def matched_layers(self, layer_paths: Iterable[str], where: str) -> list[tuple[str, list[str]]]:
+        """(method, the FP32 module paths its pattern matches) for each `per_layer` pattern, in
+        order; ConfigError for a pattern that matches no layer (a typo would silently change nothing)."""
         paths = list(layer_paths)
-        methods: dict[str, str] = {}
+        matched = []
         for pattern, method in self.per_layer.items():
-            matched = [path for path in paths if re.search(pattern, path)]
-            if not matched:
-                raise ConfigError(f"calibration.per_layer: {pattern!r} matches no weight layer of this model "
-                                  f"(they are named like {', '.join(paths[:3])}, ...)")
-            for path in matched:
-                methods.setdefault(path, method)
-        return methods
+            layers = [path for path in paths if re.search(pattern, path)]
+            if not layers:
+                raise ConfigError(f"{where}.calibration.per_layer: {pattern!r} matches no weight layer of this "
+                                  f"model (they are named like {', '.join(paths[:3])}, ...)")
+            matched.append((method, layers))
+        return matched
 
 
 @dataclass(frozen=True)
@@ -140,6 +141,9 @@ class OrtConfig(BackendConfig):
         check_choices(self, {"precision": PRECISIONS, "preset": [cpu.AUTO, *PRESETS]})
         if self.precision == "fp32":
             self.refuse_int8_options("precision fp32 runs every layer in float")
+        if self.precision != "int8" and self.calibration.per_layer:
+            raise ValueError(f"calibration.per_layer has no calibration to split: precision {self.precision} "
+                             "calibrates nothing; remove it")
         if self.preset == cpu.AUTO:
             object.__setattr__(self, "preset", preset_for(cpu.detect()))
         for key, value in PRESETS[self.preset].items():
@@ -164,8 +168,8 @@ class OrtBackend(Backend):
         return self.config.calibration if self.config.precision == "int8" else None
 
     def calibrate(self, fp32: nn.Module, features: Iterable[np.ndarray], out_dir: Path) -> None:
-        if self.calibration_sample() is not None:  # a per_layer pattern that matches nothing: before any output
-            self.config.calibration.layer_methods(self.layer_table(fp32))
+        if self.config.calibration.per_layer:  # a pattern that matches nothing: refused before any output
+            self.config.calibration.matched_layers(self.layer_table(fp32), f"variants.{self.variant}")
         super().calibrate(fp32, features, out_dir)
 
     def _fp32_onnx(self, fp32: nn.Module, work_dir: Path) -> Path:
@@ -204,16 +208,20 @@ class OrtBackend(Backend):
             save_tensors_data(TensorsData(ranges[cal.method].calibration_method, merged), payload)
 
     def _tensor_methods(self, fp32: nn.Module, model: Path) -> dict[str, str]:
-        """Activation tensor -> calibration method, for the inputs of the layers `per_layer` matches."""
+        """Activation tensor -> calibration method, for the inputs of the layers `per_layer` matches
+        (a tensor read by layers of several patterns: the first pattern's)."""
         if not self.config.calibration.per_layer:
             return {}
         proto = onnx.load(str(model))
         table = self.layer_table(fp32)
         node_inputs = {node.name: node.input[0] for node in proto.graph.node}
         names = export.onnx_layer_names(proto, table)
-        return {node_inputs[node]: method
-                for path, method in self.config.calibration.layer_methods(table).items()
-                for node in names.get(path, [])}
+        methods: dict[str, str] = {}
+        for method, paths in self.config.calibration.matched_layers(table, f"variants.{self.variant}"):
+            for path in paths:
+                for node in names.get(path, []):
+                    methods.setdefault(node_inputs[node], method)
+        return methods
 
     def _calibrator(self, model: Path, augmented: Path, method: str):
         from onnxruntime.quantization import create_calibrator
