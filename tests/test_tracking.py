@@ -60,6 +60,14 @@ def test_switch_and_failure_only_warn(capsys, monkeypatch):
     assert capsys.readouterr().err == ""
 
 
+def test_a_mapping_keyed_by_regexes_is_one_param():
+    """MLflow refuses `^`, `(`, `\\` in param names: ort's calibration.per_layer is logged as JSON."""
+    per_layer = {r"^(blocks\.1\.body\.0\.conv)$": "percentile"}
+    flat = tracking.flatten({"calibration": {"method": "minmax", "per_layer": per_layer}})
+    assert flat == {"calibration.method": "minmax", "calibration.per_layer": json.dumps(per_layer)}
+    assert all(tracking.PARAM_NAME.fullmatch(name) for name in flat)
+
+
 def test_flatten_and_fingerprint(tmp_path):
     flat = tracking.flatten({"a": {"b": 1, "c": [1, 2]}, "d": "x"})
     assert flat == {"a.b": 1, "d": "x"} and tracking.numeric({**flat, "e": True, "f": None}) == {"a.b": 1.0}

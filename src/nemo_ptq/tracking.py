@@ -33,6 +33,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -157,12 +158,20 @@ def _md5(path: Path) -> str:
     return digest.hexdigest()
 
 
+# What MLflow accepts in a param name: alphanumerics, underscores, dashes, periods, spaces, slashes.
+PARAM_NAME = re.compile(r"[\w\-. /]+")
+
+
 def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"a": {"b": 1}} -> {"a.b": 1}; lists are left out (per-layer tables live in the artifacts)."""
+    """{"a": {"b": 1}} -> {"a.b": 1}; lists are left out (per-layer tables live in the artifacts). A
+    mapping keyed by what MLflow cannot name a param (regexes: ort's `calibration.per_layer`) stays
+    one value, as JSON."""
     flat: dict[str, Any] = {}
     for key, value in values.items():
         name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
+        if isinstance(value, Mapping) and not all(PARAM_NAME.fullmatch(str(k)) for k in value):
+            flat[name] = json.dumps(value, sort_keys=True)
+        elif isinstance(value, Mapping):
             flat.update(flatten(value, f"{name}."))
         elif not isinstance(value, (list, tuple)):
             flat[name] = value
