@@ -55,13 +55,12 @@ def quantize_with_accuracy_control(trials: Trials, budget: AccuracyBudget, out_d
         onnx_path = export.export_onnx(fp32, Path(tmp) / "model.onnx", features)
         names = export.onnx_layer_names(onnx.load(str(onnx_path)), table)
         model = ov.convert_model(onnx_path)
-        bias_correction = backend.nncf_bias_correction()
+        fast_bias_correction, advanced = backend.nncf_bias_correction()
         quantized = nncf.quantize_with_accuracy_control(
             model, nncf.Dataset(samples), nncf.Dataset(list(enumerate(scorer.features)), lambda item: item[1]),
             validate, max_drop=budget.max_wer_increase, drop_type=nncf.DropType.ABSOLUTE,
             preset=backend.nncf_preset(), subset_size=len(samples),
-            fast_bias_correction=bias_correction["fast_bias_correction"],
-            advanced_quantization_parameters=bias_correction["advanced_parameters"])
+            fast_bias_correction=fast_bias_correction, advanced_quantization_parameters=advanced)
         ov.save_model(quantized, out_dir / ov_backend.MODEL, compress_to_fp16=False)
     export.write_tokens(out_dir / ov_backend.TOKENS, backend.card)
     backend.save_layers(out_dir, table, names)

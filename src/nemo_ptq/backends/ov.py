@@ -118,8 +118,10 @@ class OvBackend(Backend):
     def _nncf_quantized(self, model, samples: list[np.ndarray], float_ops: list[str]):
         import nncf
 
+        fast, advanced = self.nncf_bias_correction()
         return nncf.quantize(model, nncf.Dataset(samples), preset=self.nncf_preset(), subset_size=len(samples),
-                             ignored_scope=nncf.IgnoredScope(names=float_ops), **self.nncf_bias_correction())
+                             ignored_scope=nncf.IgnoredScope(names=float_ops), fast_bias_correction=fast,
+                             advanced_parameters=advanced)
 
     def nncf_preset(self):
         import nncf
@@ -127,14 +129,12 @@ class OvBackend(Backend):
         return {"performance": nncf.QuantizationPreset.PERFORMANCE,
                 "mixed": nncf.QuantizationPreset.MIXED}[self.config.preset]
 
-    def nncf_bias_correction(self) -> dict:
-        """nncf.quantize's arguments for `bias_correction` (the accuracy-control peer takes the
-        advanced parameters under another keyword: `advanced_quantization_parameters`)."""
+    def nncf_bias_correction(self):
+        """`bias_correction` as NNCF's (fast_bias_correction, advanced quantization parameters)."""
         from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
 
-        return {"fast_bias_correction": self.config.bias_correction != "full",
-                "advanced_parameters": AdvancedQuantizationParameters(
-                    disable_bias_correction=self.config.bias_correction == "none")}
+        return (self.config.bias_correction != "full",
+                AdvancedQuantizationParameters(disable_bias_correction=self.config.bias_correction == "none"))
 
     def load(self, artifact_dir: Path, threads: int):
         compiled = self._compiled(Path(artifact_dir), threads)
