@@ -12,6 +12,7 @@ import soundfile as sf
 
 from embedded_recipe.batching import DurationBatchSampler
 from embedded_recipe.heldout import HeldOut, assert_no_leaks, leaks, without_held_out
+from embedded_recipe.params import TrainParams
 from embedded_recipe.text import normalize_text, sample_sentences
 from embedded_recipe.train import lr_factor
 
@@ -47,6 +48,22 @@ def test_lr_warms_up_then_anneals_to_the_floor_at_max_steps():
     assert lr(9) == pytest.approx(0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * 0.09)))
     assert lr(50) == pytest.approx(0.505)
     assert lr(100) == pytest.approx(0.01) == lr(500)
+
+
+def test_a_restart_begins_a_new_warmup_and_cosine_that_ends_at_max_steps():
+    lr = lambda step: lr_factor(step, max_steps=300, warmup_steps=10, min_ratio=0.01,  # noqa: E731
+                                restarts=(100,))
+    plain = lambda step: lr_factor(step, max_steps=100, warmup_steps=10, min_ratio=0.01)  # noqa: E731
+    assert [lr(s) for s in range(100)] == [plain(s) for s in range(100)]
+    assert lr(99) < 0.02 and lr(100) == pytest.approx(0.1)  # warms up again from the floor
+    assert lr(200) == pytest.approx(0.505)  # half way through the 200-step second cycle
+    assert lr(300) == pytest.approx(0.01)
+
+
+@pytest.mark.parametrize("restarts", [[0], [50, 20], [300], [20, 20]])
+def test_restarts_must_be_increasing_steps_inside_the_campaign(restarts):
+    with pytest.raises(ValueError, match="lr_restarts"):
+        TrainParams(max_steps=300, lr_restarts=restarts)
 
 
 def _row(path: str, text: str, voices=(), **extra) -> dict:

@@ -92,6 +92,9 @@ class TrainParams:
     batch_size: int = 16  # validation and evaluation batches
     val_clips_per_source: int = 15
     max_steps: int = 30000  # length of the LR schedule; training ends there
+    # Steps where the LR schedule starts again (warmup, then a cosine to the next restart or
+    # max_steps): a finished campaign can go on without a jump to the middle of a longer cosine.
+    lr_restarts: list = field(default_factory=list)
     optimizer: str = "adamw"
     lr: float = 0.001
     betas: list = field(default_factory=lambda: [0.9, 0.98])
@@ -113,6 +116,10 @@ class TrainParams:
             raise ValueError("batch_seconds must be at least max_duration_s")
         if min(self.max_steps, self.batch_size, self.val_every_steps, self.threads) < 1:
             raise ValueError("max_steps, batch_size, val_every_steps and threads must be positive")
+        if list(self.lr_restarts) != sorted(set(self.lr_restarts)) or any(
+                not 0 < r < self.max_steps for r in self.lr_restarts):
+            raise ValueError(f"lr_restarts must be increasing steps between 0 and max_steps ({self.max_steps}), "
+                             f"got {self.lr_restarts}")
 
 
 @dataclass(frozen=True)

@@ -41,10 +41,15 @@ def use_bf16(precision: str) -> bool:
     return precision == "bf16" or (precision == "auto" and cpus.detect().native_bf16)
 
 
-def lr_factor(step: int, *, max_steps: int, warmup_steps: int, min_ratio: float) -> float:
-    """Linear warmup, then a cosine from 1 down to `min_ratio` at `max_steps`."""
+def lr_factor(step: int, *, max_steps: int, warmup_steps: int, min_ratio: float,
+              restarts: tuple[int, ...] = ()) -> float:
+    """Linear warmup, then a cosine from 1 down to `min_ratio`, in cycles: the first from step 0, one
+    more from each step in `restarts`, the last ending at `max_steps` (warm restarts, SGDR)."""
+    start = max((r for r in restarts if r <= step), default=0)
+    end = min((r for r in restarts if r > step), default=max_steps)
+    step, length = step - start, end - start
     warmup = min(1.0, (step + 1) / max(1, warmup_steps))
-    progress = min(1.0, step / max(1, max_steps))
+    progress = min(1.0, step / max(1, length))
     return warmup * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
@@ -290,7 +295,8 @@ def train(params: TrainParams, train_set: FeatureSet, val_set: FeatureSet, check
                 for group in optimizer.param_groups:
                     group["lr"] = params.lr * lr_factor(progress["step"], max_steps=params.max_steps,
                                                         warmup_steps=params.warmup_steps,
-                                                        min_ratio=params.min_lr_ratio)
+                                                        min_ratio=params.min_lr_ratio,
+                                                        restarts=tuple(params.lr_restarts))
                 features, lengths, targets, target_lengths = collate(train_set, indices)
                 loss = ctc_loss(model, features, lengths, targets, target_lengths, bf16, params.spec_augment)
                 optimizer.zero_grad(set_to_none=True)
