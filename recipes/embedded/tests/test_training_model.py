@@ -132,10 +132,10 @@ def test_model_card_shows_every_run_curve_point_and_lossy_source():
                           "by_source": {"speechocean762": {"clips": 10, "hours": 1.0},
                                         "speechocean762_sp0.9": {"clips": 10, "hours": 1.1},
                                         "vctk_p239": {"clips": 5, "hours": 0.1}}},
-        "lossy_sources": {"speechocean762": "Opus ~29 kbps"},
+        "lossy_sources": {"speechocean762": "Opus ~29 kbps"}, "espeak_train_voices": 28,
         "training": {"step": 1000, "epoch": 1.0, "minutes": 60.0, "best_step": 1000, "best_val_wer": 0.8,
                      "init_from": {"path": "old.nemo", "sha256": "ab12"}, "runs": [run, {**run, "start_step": 900}],
-                     "curve": curve, "params": {"max_steps": 24000}, "before_this_recipe": "earlier recipe"},
+                     "curve": curve, "params": {"max_steps": 24000, "lr_restarts": [12000]}, "before_this_recipe": "earlier recipe"},
         "evaluation": {"test_other": {"wer": 0.7, "cer": 0.3}, "kokoro_heldout": {"wer": 0.15, "cer": 0.05}},
         "evaluation_examples": {"test_other": [{"ref": "a b", "hyp": "a c"}]},
         "held_out": {"espeak_voices": ["en-us+f3", "en-us+m6"], "sentence_files": ["eval.txt", "dev.txt"]},
@@ -148,6 +148,7 @@ def test_model_card_shows_every_run_curve_point_and_lossy_source():
     assert "| vctk_p239 | 5 | 0.10 |  |" in text
     assert "≤ 60%: not met" in text and "≤ 20%: met" in text
     assert "`old.nemo` (sha256 `ab12`)" in text
+    assert "espeak-ng with 28 voices" in text and "`lr_restarts`: [12000]" in text
     assert "(en-us+f3, en-us+m6; no klatt" in text and "every sentence of `eval.txt`, `dev.txt`." in text
 
 
