@@ -142,3 +142,30 @@ def test_the_best_rtfx_counts_only_settings_that_keep_the_transcripts():
     figures = headline(measured)
     assert figures["rtfx_best"] == 30.0 and figures["rtfx_best_setting"] == "batch 4"
     assert figures["batch_agreement"] == 0.4 and figures["rtfx_batch16"] == 50.0  # measured, but not the best
+
+
+def test_batch_sizes_over_the_backends_limit_are_not_run_and_say_why():
+    features = utterance_features()
+    durations = [f.shape[-1] / 100 for f in features]
+    calls = []
+
+    def counting(x, lengths):
+        calls.append(x.shape[0])
+        return conv_model(x, lengths)
+
+    params = ThroughputParams(batch_sizes=(1, 2, 4), timed_passes=1)
+    result = measure_batches(conv_model, counting, features, durations, VOCABULARY, params, progress=False,
+                             limit=(2, "too much memory"))
+    assert result["4"] == {"skipped": "too much memory"} and result["2"]["agreement"] == 1.0
+    assert max(calls) == 2  # no batch of 4 was ever run
+    figures = headline({"batch": result, "streams": {}})
+    assert "rtfx_batch4" not in figures and figures["batch_agreement"] == result["2"]["agreement"]
+
+
+def test_only_qnnpack_limits_its_batches():
+    from nemo_ptq.backends import get_backend
+
+    qnnpack = get_backend("q", {"backend": "eager", "engine": "qnnpack"}).batch_limit()
+    assert qnnpack[0] == 1 and "memory" in qnnpack[1]
+    assert get_backend("x", {"backend": "eager", "engine": "x86"}).batch_limit() is None
+    assert get_backend("o", {"backend": "ort"}).batch_limit() is None

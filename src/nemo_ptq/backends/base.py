@@ -206,6 +206,10 @@ class Backend(ABC):
         (None: its graph has no lengths input, so a padded batch's padding reaches the valid frames)."""
         return None
 
+    def batch_limit(self) -> tuple[int, str] | None:
+        """The largest batch the throughput measurement may run the artifact at, and why (None: any)."""
+        return None
+
     def load_waveform(self, artifact_dir: Path, threads: int) -> WaveformRunner | None:
         """The artifact's waveform-input model, when it has one (None: features only)."""
         return None

@@ -168,6 +168,13 @@ class EagerBackend(Backend):
 
         return run
 
+    def batch_limit(self) -> tuple[int, str] | None:
+        if self.config.engine != "qnnpack":
+            return None
+        return 1, ("qnnpack's quantized convs take memory in proportion to the batch's padded frames "
+                   "(measured on x86 with QuartzNet 5x5: 14.7 GB at batch 4 of 15 s rows), so a batch of 16 "
+                   "is killed for memory; qnnpack is the ARM variant: run it one utterance per call")
+
     def describe(self, artifact_dir: Path) -> ArtifactInfo:
         table, precisions = self.load_layers(artifact_dir)
         return ArtifactInfo.from_table(

@@ -202,7 +202,7 @@ def evaluate(
     spec = RunnerSpec(variant, entry, Path(model_dir), None if artifact_dir is None else Path(artifact_dir))
     run_batch = fp32_runner.batch if backend is None else backend.load_batch(Path(artifact_dir), params.threads)
     throughput = measure_throughput(spec, runner, run_batch, prepared.eval_sets, vocabulary, params.throughput,
-                                    params.threads, progress)
+                                    params.threads, progress, None if backend is None else backend.batch_limit())
 
     features = latency_features(model, params.latency_audio_s, int(card["sample_rate"]))
     calls = {FP32: lambda: fp32_runner(features)}

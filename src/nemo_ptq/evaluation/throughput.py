@@ -93,15 +93,20 @@ def unmasked(runner: Runner) -> BatchRunner:
 def measure_batches(
     runner: Runner, run_batch: BatchRunner, features: Sequence[np.ndarray], durations: Sequence[float],
     vocabulary: CtcVocabulary, params: ThroughputParams, progress: bool = True,
+    limit: tuple[int, str] | None = None,
 ) -> dict[str, dict]:
     """Per batch size: RTFx (audio / median timed pass), agreement with batch 1, padding share.
-    `runner` (batch 1, unpadded) gives the reference each row is cut to and compared with."""
+    `runner` (batch 1, unpadded) gives the reference each row is cut to and compared with. Batch
+    sizes above the backend's `limit` are not run: their entry holds the reason, `skipped`."""
     reference = [runner(f[None])[0] for f in features]
     reference_text = [vocabulary.transcript(log_probs) for log_probs in reference]
     frames = [f.shape[-1] for f in features]
     audio_s = float(sum(durations))
     results = {}
     for batch_size in params.batch_sizes:
+        if limit is not None and batch_size > limit[0]:
+            results[str(batch_size)] = {"skipped": limit[1]}
+            continue
         batches = length_sorted_batches(frames, batch_size)
         padded = [pad_batch([features[i] for i in batch]) for batch in batches]
         identical, diff = 0, 0.0
@@ -191,13 +196,14 @@ def _stream(spec: RunnerSpec, threads: int, feature_paths: Sequence[Path]) -> tu
 def measure_throughput(
     spec: RunnerSpec, runner: Runner, run_batch: BatchRunner | None, sets: Sequence[PreparedSet],
     vocabulary: CtcVocabulary, params: ThroughputParams, threads: int, progress: bool = True,
+    batch_limit: tuple[int, str] | None = None,
 ) -> dict:
     """The `throughput` section of the metrics: batches (in this process, `threads` threads) and streams."""
     utterances = select_utterances(sets, params.max_utterances)
     features = [utt.features().astype(np.float32) for utt in utterances]
     durations = [utt.duration for utt in utterances]
     batches = measure_batches(runner, run_batch or unmasked(runner), features, durations, vocabulary, params,
-                              progress)
+                              progress, batch_limit)
     streams = {}
     for n in tqdm(params.streams, desc="throughput streams", unit="setting", disable=not progress, file=sys.stderr):
         streams[str(n)] = measure_streams(spec, utterances, n, threads)
@@ -213,10 +219,11 @@ def measure_throughput(
 
 def headline(throughput: Mapping[str, Any]) -> dict[str, Any]:
     """The top-level figures: rtfx_batch<b> and rtfx_streams<n> as measured; batch_agreement at
-    the largest batch size; and rtfx_best, the highest RTFx of a setting that keeps batch 1's
+    the largest batch size measured (a backend's `batch_limit` skips larger ones); and rtfx_best, the highest RTFx of a setting that keeps batch 1's
     transcripts (a batch size whose agreement is at least FAITHFUL, or streams, which run batch 1),
     with rtfx_best_setting naming it."""
-    batches, streams = throughput["batch"], throughput["streams"]
+    batches = {b: result for b, result in throughput["batch"].items() if "skipped" not in result}
+    streams = throughput["streams"]
     figures: dict[str, Any] = {f"rtfx_batch{b}": result["rtfx"] for b, result in batches.items()}
     figures.update({f"rtfx_streams{n}": result["rtfx"] for n, result in streams.items()})
     figures["batch_agreement"] = batches[max(batches, key=int)]["agreement"]
