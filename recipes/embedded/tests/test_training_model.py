@@ -258,3 +258,30 @@ def test_widening_refuses_a_non_integer_ratio_and_other_layers():
         widened_state_dict({"w": torch.zeros(32, 8, 3)}, {"w": torch.zeros(48, 8, 3)})
     with pytest.raises(ConfigError, match="differ in layers"):
         widened_state_dict({"w": torch.zeros(32, 8, 3)}, {"v": torch.zeros(64, 8, 3)})
+
+
+def test_train_report_is_rebuilt_from_the_committed_checkpoint_on_a_fresh_machine(tmp_path, monkeypatch):
+    """A clone has the checkpoint but no reports/train.json: evaluate and export must still find best.ckpt."""
+    import json
+
+    from nemo_ptq.errors import DataError
+
+    from embedded_recipe import steps
+    from embedded_recipe.params import load_recipe_params
+    from embedded_recipe.train import BEST_CHECKPOINT, train
+
+    feats = _tiny_features(tmp_path)
+    recipe = load_recipe_params(Path(__file__).resolve().parents[1] / "params.yaml")
+    params = dataclasses.replace(recipe, work_dir=str(tmp_path / "work"),
+                                 train=_tiny_params(checkpoint_dir=str(tmp_path / "ckpt")))
+    monkeypatch.setattr(steps, "feature_sets", lambda p, names=("train", "val"): {n: feats for n in names})
+    with pytest.raises(DataError, match="run `python recipes/embedded/run.py --steps train` first"):
+        steps.train_report(params)
+    progress = train(params.train, feats, feats, tmp_path / "ckpt")
+
+    report = steps.train_report(params)
+    assert report["best_checkpoint"] == str(tmp_path / "ckpt" / BEST_CHECKPOINT)
+    assert (report["step"], report["curve"]) == (progress["step"], progress["curve"])
+    written = tmp_path / "work" / "reports" / "train.json"
+    assert json.loads(written.read_text())["step"] == progress["step"]
+    assert (tmp_path / "ckpt" / "PROGRESS.md").is_file()

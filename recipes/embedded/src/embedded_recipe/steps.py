@@ -176,24 +176,48 @@ def feature_sets(params: RecipeParams, names: tuple[str, ...] = ("train", "val")
 def train(params: RecipeParams, minutes: float | None = None) -> None:
     from embedded_recipe import train as training
 
-    paths = WorkPaths(params.work_path)
     sets = feature_sets(params)
     init_from = Path(params.train.init_from) if params.train.init_from else None
     progress = training.train(params.train, sets["train"], sets["val"], Path(params.train.checkpoint_dir),
                               init_from, minutes=minutes)
+    summary = write_train_report(params, progress, sets["train"])
+    print(json.dumps({k: v for k, v in summary.items() if k not in ("runs", "curve")}, indent=1))
+
+
+def write_train_report(params: RecipeParams, progress: dict, train_set) -> dict:
+    """reports/train.json and the checkpoint folder's PROGRESS.md, from a campaign's progress."""
+    from embedded_recipe import train as training
+    from embedded_recipe.export import write_progress
+
     checkpoint_dir = Path(params.train.checkpoint_dir)
     best = checkpoint_dir / training.BEST_CHECKPOINT
     summary = {key: progress.get(key) for key in ("step", "epoch", "minutes", "best_val_wer", "best_step")}
     summary["best_checkpoint"] = str(best if best.is_file() else checkpoint_dir / training.LAST_CHECKPOINT)
     summary["steps_per_epoch"] = len(training.DurationBatchSampler(
-        [f / training.FRAMES_PER_SECOND for f in sets["train"].frames], params.train.batch_seconds,
+        [f / training.FRAMES_PER_SECOND for f in train_set.frames], params.train.batch_seconds,
         seed=params.train.seed))
     summary |= {"runs": progress["runs"], "curve": progress["curve"], "init_from": progress.get("init_from")}
-    write_json(paths.reports / "train.json", summary)
-    from embedded_recipe.export import write_progress
-
+    write_json(WorkPaths(params.work_path).reports / "train.json", summary)
     write_progress(progress, vars(params.train), checkpoint_dir / "PROGRESS.md")
-    print(json.dumps({k: v for k, v in summary.items() if k not in ("runs", "curve")}, indent=1))
+    return summary
+
+
+def train_report(params: RecipeParams) -> dict:
+    """The train step's report; on a machine that has not trained (a fresh clone), rebuilt from the
+    committed last.ckpt, which holds the campaign's progress."""
+    import torch
+
+    from embedded_recipe import train as training
+
+    report = WorkPaths(params.work_path).reports / "train.json"
+    if report.is_file():
+        return json.loads(report.read_text())
+    last = Path(params.train.checkpoint_dir) / training.LAST_CHECKPOINT
+    if not last.is_file():
+        raise DataError(f"no training to evaluate: neither {report} nor {last} exists; "
+                        "run `python recipes/embedded/run.py --steps train` first")
+    progress = torch.load(last, map_location="cpu", weights_only=False)["progress"]
+    return write_train_report(params, progress, feature_sets(params, names=("train",))["train"])
 
 
 def evaluate(params: RecipeParams) -> None:
@@ -201,7 +225,7 @@ def evaluate(params: RecipeParams) -> None:
     from embedded_recipe.train import load_checkpoint
 
     paths = WorkPaths(params.work_path)
-    checkpoint = Path(json.loads((paths.reports / "train.json").read_text())["best_checkpoint"])
+    checkpoint = Path(train_report(params)["best_checkpoint"])
     model = load_checkpoint(checkpoint)
     results = {"checkpoint": checkpoint.name}
     for name in EVAL_SETS:
@@ -215,7 +239,8 @@ def export(params: RecipeParams) -> None:
     from embedded_recipe.train import load_checkpoint
 
     paths = WorkPaths(params.work_path)
-    reports = {name: json.loads((paths.reports / f"{name}.json").read_text()) for name in ("data", "train", "eval")}
+    reports = {name: json.loads((paths.reports / f"{name}.json").read_text()) for name in ("data", "eval")}
+    reports["train"] = train_report(params)
     model_path = Path(params.export.model)
     export_model(load_checkpoint(Path(reports["train"]["best_checkpoint"])), model_path)
     card = write_model_card(params, reports, model_path, restore_seconds(model_path),
