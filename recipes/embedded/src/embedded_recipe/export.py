@@ -213,7 +213,7 @@ speed-perturbed copies at 0.9 and 1.1) and {data[synthetic_hours]:.2f} h synthet
   plain resumable loop over cached log-mel features, AdamW, linear warmup and a cosine to
   `max_steps` (started again at each of `lr_restarts`: {training[params][lr_restarts]}), batches of
   similar duration, bf16 autocast where the CPU has native bf16.
-- So far: step {training[step]} of {training[params][max_steps]}, epoch {training[epoch]}, {training[minutes]:.0f} min;
+- At export: step {training[step]} of {training[params][max_steps]}, epoch {training[epoch]}, {training[minutes]:.0f} min;
   best validation WER {training[best_val_wer]:.3f} at step {training[best_step]} (the exported checkpoint).
 
 Runs (one per session or resume):
