@@ -41,14 +41,13 @@ def main() -> None:
     from nemo_ptq.backends import get_backend
     from nemo_ptq.backends.calibration import select_utterances
     from nemo_ptq.data.audio import load_audio
-    from nemo_ptq.data.features import FeatureExtractor
+    from nemo_ptq.data.features import model_feature_extractor
     from nemo_ptq.data.manifest import read_manifest
     from nemo_ptq.data.prepared import PreparedData
     from nemo_ptq.evaluation.decoding import CtcVocabulary
     from nemo_ptq.evaluation.wer import wer
     from nemo_ptq.models.card import read_card
     from nemo_ptq.models.fp32 import load_fp32
-    from nemo_ptq.models.loading import load_nemo
     from nemo_ptq.params import load_section
 
     shipped = load_section("variants", args.params) or {}
@@ -69,7 +68,7 @@ def main() -> None:
     card = read_card(Path("data/model"))
     vocabulary = CtcVocabulary.from_card(card)
     fp32 = load_fp32(Path("data/fused"), Path("data/model"))
-    extract = FeatureExtractor(load_nemo(Path("data/model/model.nemo")))
+    extract = model_feature_extractor(Path("data/model/model.nemo"))  # as prepare computes them
     dev = [extract(load_audio(e.audio_path, sample_rate=extract.sample_rate, max_duration_s=3600.0))
            for e in read_manifest(args.manifest)]
     pool = PreparedData.load(Path("data/prepared")).calibration_set.utterances()

@@ -120,7 +120,7 @@ def nemo_via_knf(samples: np.ndarray, **override) -> np.ndarray:
 
 # --------------------------------------------------------------------------- NeMo side
 def nemo_features(extractor, samples: np.ndarray) -> np.ndarray:
-    return extractor(samples).T  # project FeatureExtractor: [64, frames] -> [frames, 64]
+    return extractor(samples).T  # project NemoFeatureExtractor: [64, frames] -> [frames, 64]
 
 
 def compare(ref: np.ndarray, other: np.ndarray) -> dict:
@@ -309,7 +309,7 @@ def main() -> None:
     import soundfile as sf
     import torch
 
-    from nemo_ptq.data.features import FeatureExtractor
+    from nemo_ptq.data.features import NemoFeatureExtractor
     from nemo_ptq.models import export
     from nemo_ptq.models.fp32 import NemoCTC
     from nemo_ptq.models.loading import ModelSource, describe, load_nemo
@@ -328,7 +328,7 @@ def main() -> None:
     model = load_nemo(args.model).eval()
     print("preprocessor:", dict(model.cfg.preprocessor))
     card = describe(model, ModelSource("file", str(args.model))).to_json()
-    extractor = FeatureExtractor(model)
+    extractor = NemoFeatureExtractor(model)
     report: dict = {}
 
     # ---- 1. features: real sherpa-onnx (probe) vs its knf emulation vs NeMo

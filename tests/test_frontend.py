@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from nemo_ptq.backends import get_backend
-from nemo_ptq.data.features import FeatureExtractor
+from nemo_ptq.data.features import NemoFeatureExtractor
 from nemo_ptq.errors import UnsupportedModelError
 from nemo_ptq.models import frontend
 from nemo_ptq.models.loading import ModelSource, describe
@@ -50,7 +50,7 @@ def model_dir(tmp_path_factory, tiny_model):
 @pytest.mark.parametrize("samples", LENGTHS)
 def test_frontend_equals_nemo_preprocessor(tiny_model, model_dir, samples):
     clip = _clip(samples, seed=samples)
-    expected = FeatureExtractor(tiny_model)(clip)  # what prepare stores: valid frames only
+    expected = NemoFeatureExtractor(tiny_model)(clip)  # what prepare stores: valid frames only
     with torch.inference_mode():
         eager, eager_length = frontend.WaveformFrontend(tiny_model.preprocessor)(
             torch.from_numpy(clip)[None], torch.tensor([samples]))
@@ -81,7 +81,7 @@ def test_unsupported_preprocessor_is_reported(tmp_path):
 def test_waveform_model_gives_the_feature_path_log_probs(tmp_path, tiny_model, tiny_fused, model_dir, entry):
     card = json.loads((model_dir / "card.json").read_text())
     backend = get_backend("v", entry, card, model_dir)
-    extractor = FeatureExtractor(tiny_model)
+    extractor = NemoFeatureExtractor(tiny_model)
     calibration = [extractor(_clip(3 * SAMPLE_RATE, seed)) for seed in range(4)]
     backend.calibrate(tiny_fused, iter(calibration if backend.calibration_sample() else []), tmp_path / "cal")
     backend.quantize(tiny_fused, tmp_path / "cal", tmp_path / "q")

@@ -94,6 +94,7 @@ def test_prepare_writes_documented_layout_with_valid_frames_only(workspace, tiny
         assert stored.dtype == np.float32 and stored.shape == (64, valid)
         np.testing.assert_allclose(stored, feats[0, :, :valid].numpy(), atol=1e-5)
     assert padded, "no clip exercised the trimming of NeMo's pad frames"
+    assert summary["features_from"] == "NeMo preprocessor"  # this card has no frontend graph
 
 
 def test_stage_bad_manifest_gives_one_error_line_and_no_output(workspace, tiny_nemo):
@@ -151,6 +152,56 @@ def test_prepare_needs_the_model_card(workspace, tiny_nemo, monkeypatch):
     monkeypatch.chdir(workspace)
     with pytest.raises(DataError, match="card.json is missing: run the fetch-pretrained stage"):
         prepare_data(parse_data_params(data_section()), alone, workspace / "prepared")
+
+
+@pytest.fixture(scope="module")
+def model_with_frontend(tmp_path_factory, tiny_nemo, tiny_model) -> Path:
+    """What fetch-pretrained writes for an exportable preprocessor: card.json naming frontend.onnx.
+    model.nemo is a placeholder, so a prepare that loaded NeMo would fail."""
+    from nemo_ptq.models import frontend
+
+    folder = tmp_path_factory.mktemp("model_with_frontend")
+    name, _ = frontend.write_frontend(tiny_model, folder, 16000)
+    card = json.loads((tiny_nemo.parent / "card.json").read_text())
+    (folder / "card.json").write_text(json.dumps({**card, "frontend": name}))
+    (folder / "model.nemo").write_text("not a model: prepare must not need it")
+    return folder / "model.nemo"
+
+
+def test_features_come_from_the_exported_frontend_in_onnx_runtime(workspace, model_with_frontend, tiny_model,
+                                                                 monkeypatch):
+    """What a waveform-input artifact computes inside, so evaluate's transcripts are the deployed ones."""
+    import onnxruntime
+
+    from nemo_ptq.models import frontend
+
+    prepared = prepare_with_real_calibration(workspace, model_with_frontend, monkeypatch)
+    summary = json.loads((prepared / "summary.json").read_text())
+    assert summary["features_from"] == "frontend.onnx in ONNX Runtime"
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = 1  # as prepare runs it: threads may change float summation order
+    session = onnxruntime.InferenceSession(str(model_with_frontend.parent / frontend.FRONTEND_FILE), options,
+                                           providers=["CPUExecutionProvider"])
+    data = PreparedData.load(prepared)
+    assert (data.sample_rate, data.feature_dim) == (16000, 64)
+    for utt in data.eval_sets[0].utterances() + data.calibration_set.utterances():
+        audio, _ = sf.read(str(utt.audio_path), dtype="float32")
+        graph, length = session.run(None, frontend.waveform_feed(audio))
+        assert np.array_equal(utt.features(), graph[0, :, : int(length[0])])
+        with torch.inference_mode():
+            nemo, nemo_length = tiny_model.preprocessor(input_signal=torch.from_numpy(audio)[None],
+                                                        length=torch.tensor([len(audio)]))
+        assert utt.features().shape == (64, int(nemo_length[0]))
+        np.testing.assert_allclose(utt.features(), nemo[0, :, : int(nemo_length[0])].numpy(), atol=1e-3)
+
+
+@pytest.mark.parametrize("samples", [0, 100])
+def test_a_clip_too_short_for_the_frontend_is_one_data_error(model_with_frontend, samples):
+    from nemo_ptq.data.features import model_feature_extractor
+
+    extractor = model_feature_extractor(model_with_frontend)
+    with pytest.raises(DataError, match="too short to transcribe"):
+        extractor(np.zeros(samples, dtype=np.float32))
 
 
 DEV_STAGE = Path(__file__).resolve().parents[1] / "stages" / "prepare_dev.py"

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from nemo_ptq.data.audio import load_audio, pcm16_to_float, sha256_file, to_pcm16, write_wav
 from nemo_ptq.data.config import DataParams, SetSpec
 from nemo_ptq.data.disjoint import SetFingerprint, check_disjoint
-from nemo_ptq.data.features import FeatureExtractor
+from nemo_ptq.data.features import FeatureExtractor, model_feature_extractor
 from nemo_ptq.data.prepared import MANIFEST, SUMMARY, PreparedData, PreparedSet
 from nemo_ptq.data.sources import collect
 from nemo_ptq.data.text import model_characters, normalize_text, vocabulary_warning
@@ -57,8 +57,6 @@ def prepare_dev(spec: SetSpec, max_duration_s: float, model_path: Path, prepared
 
 def _prepare(roles: list[tuple[SetSpec, str]], check: Callable[[dict[str, SetFingerprint]], None],
              max_duration_s: float, model_path: Path, out_dir: Path) -> dict:
-    from nemo_ptq.models.loading import load_nemo  # imports NeMo: only after the cheap checks
-
     out_dir = Path(out_dir)
     card = read_card(Path(model_path).parent)  # fetch-pretrained writes it next to model.nemo
     characters = model_characters(card["vocabulary"], card["tokenizer"])
@@ -75,7 +73,7 @@ def _prepare(roles: list[tuple[SetSpec, str]], check: Callable[[dict[str, SetFin
                         for spec, role, utterances in listed}
         check(fingerprints)
 
-        extractor = FeatureExtractor(load_nemo(model_path))
+        extractor = model_feature_extractor(model_path)  # only after the cheap checks: may import NeMo
         sets = [
             _write_set(spec, role, utterances, extractor, max_duration_s, out_dir / spec.name,
                        fingerprints[spec.name], characters)
@@ -83,7 +81,8 @@ def _prepare(roles: list[tuple[SetSpec, str]], check: Callable[[dict[str, SetFin
         ]
         check(fingerprints)  # now with the prepared audio's hashes
 
-    summary = {"sample_rate": extractor.sample_rate, "feature_dim": extractor.feature_dim, "sets": sets}
+    summary = {"sample_rate": extractor.sample_rate, "feature_dim": extractor.feature_dim,
+               "features_from": extractor.source, "sets": sets}
     (out_dir / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 

@@ -1,7 +1,7 @@
 """The layout that the `prepare` stage writes and every later stage reads.
 
     <prepared>/summary.json
-        {"sample_rate": 16000, "feature_dim": 64,
+        {"sample_rate": 16000, "feature_dim": 64, "features_from": what computed the features,
          "sets": [{"name", "kind": "real"|"synthetic", "role": "eval"|"calibration"|"dev",
                    "utterances", "seconds"}, ...]}
     <prepared>/<set name>/manifest.jsonl
@@ -10,7 +10,8 @@
         audio came from)}
     <prepared>/<set name>/audio/<id>.wav       mono 16-bit PCM at the model's sample rate
     <prepared>/<set name>/features/<id>.npy    float32 [feature_dim, frames]: the model's own
-                                               preprocessor output, trimmed to the valid frames
+                                               preprocessor output (`nemo_ptq.data.features`),
+                                               trimmed to the valid frames
 """
 
 from __future__ import annotations

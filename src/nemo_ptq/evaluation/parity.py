@@ -1,6 +1,7 @@
 """Deployment parity: do the artifact's audio-input paths give the transcripts evaluate reports?
 
-Evaluate transcribes from the stored features (the model's own preprocessor, run by prepare).
+Evaluate transcribes from the stored features (the model's own preprocessor, run by prepare: the
+exported frontend graph in ONNX Runtime where there is one, the one inside every waveform graph).
 A deployment is fed audio instead, so for every eval utterance the prepared WAV (16-bit, read as
 float32 the way soundfile gives it to any user) goes through the waveform-input model, and its
 transcript and log-probs are compared with the feature path's.
