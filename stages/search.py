@@ -4,8 +4,9 @@
         --calibration data/calibration/ort_int8 --sensitivity metrics/sensitivity/ort_int8.json \
         --params params.yaml --out data/quantized/ort_int8_budget
 
-Reads params.yaml `accuracy.<variant>` (the budget) and `sensitivity` (the same dev utterances the
-ranking used). Keeps the top-ranked groups float until the budget holds (nemo_ptq.accuracy.search),
+Reads params.yaml `accuracy.<variant>` (the budget and its ranking) and `sensitivity` (the same dev
+utterances the table was measured on). Ranks the table's groups by the budget's `rank_by` and keeps
+the top-ranked ones float until the budget holds (nemo_ptq.accuracy.search),
 then writes that artifact, with accuracy.json: the budget, every trial, the chosen float layers,
 their MAC share, and the speed against full INT8 timed here in one run. No subset within the
 limits: one error line and no output.
@@ -34,7 +35,7 @@ def main() -> None:
 
     from dataclasses import asdict
 
-    from nemo_ptq.accuracy import search, sensitivity
+    from nemo_ptq.accuracy import search
     from nemo_ptq.accuracy.config import ACCURACY_FILE, SensitivityParams, budget_row, parse_accuracy
     from nemo_ptq.accuracy.setup import open_session
     from nemo_ptq.accuracy.speed import speed_against_full_int8
@@ -56,7 +57,7 @@ def main() -> None:
     session = open_session(args.variant, args.params, params, args.model, args.fused, args.dev, args.calibration)
     total_macs = sum(layer.macs for layer in session.table.values())
     started = time.perf_counter()
-    result = search.greedy_search(sensitivity.ranked_groups(table), total_macs, budget,
+    result = search.greedy_search(search.rank_groups(table["groups"], budget.rank_by), total_macs, budget,
                                   lambda layers: session.trials.run(layers).score,
                                   where=f"accuracy.{args.variant}", log=lambda line: print(line, file=sys.stderr))
     search_seconds = time.perf_counter() - started
@@ -64,7 +65,7 @@ def main() -> None:
         session.trials.build(result.float_layers, args.out)
         speed = speed_against_full_int8(session, args.out, result.float_layers)
         record = {"variant": budget_row(args.variant), "searched_from": args.variant, "budget": asdict(budget),
-                  "dev_utterances": table["dev_utterances"], "rank_by": table["rank_by"],
+                  "dev_utterances": table["dev_utterances"], "rank_by": budget.rank_by,
                   "float_layers": list(result.float_layers), "float_groups": list(result.float_groups),
                   "float_mac_fraction": result.float_mac_fraction, "dev_score": result.score,
                   "speed": speed, "search_seconds": search_seconds, "steps": list(result.steps)}

@@ -1,11 +1,12 @@
-"""sensitivity: rank one variant's layer groups by what keeping each in float recovers on the dev set.
+"""sensitivity: measure what keeping each of one variant's layer groups in float recovers on the dev set.
 
     python stages/sensitivity.py --variant ort_int8 --model data/model --fused data/fused --dev data/dev \
         --calibration data/calibration/ort_int8 --params params.yaml \
         --out-table metrics/sensitivity/ort_int8.json --out-plot plots/sensitivity/ort_int8.png
 
 For a variant named in params.yaml `accuracy`; reads `sensitivity` (not the budget). The table holds
-the full-INT8 dev score and, per group (most helpful first), its SQNR and WER-vs-FP32 gains.
+the full-INT8 dev score and, per group (largest SQNR gain first), its MACs and its SQNR and WER-vs-FP32
+gains; the search ranks them by its budget's `rank_by`.
 """
 
 import argparse
@@ -42,7 +43,7 @@ def main() -> None:
         already_float = frozenset(p for p, prec in full.info.layer_precisions.items() if prec != "int8")
         groups = layer_groups(session.trials.fp32, session.table, skip=already_float)
         table = {"variant": args.variant, "backend": session.trials.backend.name,
-                 **sensitivity.measure(session.trials, full, groups, params.rank_by)}
+                 **sensitivity.measure(session.trials, full, groups)}
         args.out_table.parent.mkdir(parents=True, exist_ok=True)
         args.out_table.write_text(json.dumps(table, indent=1) + "\n")
         sensitivity.plot(table, args.out_plot, args.variant)

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from nemo_ptq.accuracy import sensitivity
-from nemo_ptq.accuracy.config import AccuracyBudget, SensitivityParams, parse_accuracy
+from nemo_ptq.accuracy.config import RANKINGS, AccuracyBudget, SensitivityParams, parse_accuracy
 from nemo_ptq.accuracy.dev import DevScorer, every_kth
 from nemo_ptq.accuracy.groups import LayerGroup, is_depthwise, layer_groups
-from nemo_ptq.accuracy.search import greedy_search
+from nemo_ptq.accuracy.search import greedy_search, rank_groups
 from nemo_ptq.accuracy.trials import Trials
 from nemo_ptq.backends import get_backend
 from nemo_ptq.backends.calibration import select_utterances
@@ -58,7 +58,7 @@ def test_bad_budgets_are_config_errors(section, variants, message):
 
 def test_sensitivity_params_are_validated():
     with pytest.raises(ConfigError, match="unknown rank_by 'snr'"):
-        parse_dataclass(SensitivityParams, {"rank_by": "snr"}, where="sensitivity")
+        parse_accuracy({"ort_int8": {"rank_by": "snr"}}, VARIANTS)
     with pytest.raises(ConfigError, match="max_utterances must be an integer >= 1"):
         parse_dataclass(SensitivityParams, {"max_utterances": 0}, where="sensitivity")
 
@@ -134,6 +134,25 @@ def test_no_subset_within_the_limits_is_one_clear_error():
         greedy_search(GROUPS, 100, AccuracyBudget(0.0, "wer_vs_fp32", 1.0), scripted_trial([]))
 
 
+def row(name: str, macs: int, sqnr: float, wer: float, index: int) -> dict:
+    return {"group": name, "layers": [f"{name}.conv"], "macs": macs, "forward_index": index,
+            "sqnr_gain_db": sqnr, "wer_vs_fp32_gain": wer}
+
+
+def test_each_ranking_orders_the_sensitivity_rows():
+    rows = [row("big", 1000, 3.0, 0.01, 0), row("cheap", 10, 1.0, 0.00, 1), row("tied", 1000, 3.0, 0.02, 2),
+            row("mixed", 10, -0.5, 0.03, 3)]
+    names = {rank_by: [g.name for g in rank_groups(rows, rank_by)] for rank_by in RANKINGS}
+    assert names["sqnr"] == ["tied", "big", "cheap", "mixed"]  # WER gain breaks the 3.0 dB tie
+    assert names["sqnr_per_mac"] == ["cheap", "tied", "big", "mixed"]  # 0.1 dB per MAC beats 0.003
+    assert names["wer_vs_fp32"] == ["mixed", "tied", "big", "cheap"]
+    ranked = rank_groups(rows, "sqnr_per_mac")
+    assert ranked[0] == LayerGroup("cheap", ("cheap.conv",), 10)
+    assert rank_groups(rows[::-1], "sqnr_per_mac") == ranked  # the table's order does not matter
+    tie = [row("second", 10, 1.0, 0.0, 5), row("first", 10, 1.0, 0.0, 4)]
+    assert [g.name for g in rank_groups(tie, "sqnr")] == ["first", "second"]  # then forward order
+
+
 # ---- sensitivity and search on every backend ------------------------------------------------------
 
 def dev_set(tmp_path, count=4, frames=240) -> PreparedSet:
@@ -182,8 +201,8 @@ def test_sensitivity_and_search_on_a_real_backend(tmp_path, tiny_fused, backend_
     assert 0 <= full.score["wer_vs_fp32"] and np.isfinite(full.score["sqnr_db"])
     already_float = frozenset(p for p, prec in full.info.layer_precisions.items() if prec != "int8")
     groups = layer_groups(tiny_fused, weight_layers(tiny_fused, 64), skip=already_float)[:3]
-    table = sensitivity.measure(trials, full, groups, "sqnr", progress=False)
-    ranked = sensitivity.ranked_groups(table)
+    table = sensitivity.measure(trials, full, groups, progress=False)
+    ranked = rank_groups(table["groups"], "sqnr")
     assert sorted(g.name for g in ranked) + sorted(r["group"] for r in table["not_floatable"]) == \
         sorted(g.name for g in groups)
     gains = [row["sqnr_gain_db"] for row in table["groups"]]

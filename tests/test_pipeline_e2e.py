@@ -180,12 +180,14 @@ def test_editing_one_variant_marks_only_its_stages(project):
                        "sensitivity@onednn", "search@onednn", "evaluate-budget@onednn"}
 
 
-def test_editing_a_budget_marks_only_its_search(project):
-    """The budget is not a dependency of the sensitivity ranking, so a new budget reuses it."""
+@pytest.mark.parametrize("edit", [{"max_wer_increase": 0.5}, {"rank_by": "wer_vs_fp32"}], ids=["budget", "rank_by"])
+def test_editing_a_budget_marks_only_its_search(project, edit):
+    """The budget, its ranking included, is not a dependency of the sensitivity table, so a new
+    budget reuses it."""
     root, env = project
     params = yaml.safe_load((root / "params.yaml").read_text())
     original = (root / "params.yaml").read_text()
-    params["accuracy"]["onednn"]["max_wer_increase"] = 0.5
+    params["accuracy"]["onednn"].update(edit)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     try:
         changed = set(json.loads(dvc("status", "--json", cwd=root, env=env)))

@@ -1,8 +1,9 @@
 """The params.yaml sections of accuracy-aware INT8: `sensitivity` (shared) and `accuracy` (per variant).
 
 `accuracy` maps a variant of `variants` to its WER budget. Each entry adds three stages:
-sensitivity@<variant> (ranks the layer groups; does not read the budget, so editing a budget does
-not rerun it), search@<variant> (the greedy search, writes the artifact `<variant>_budget`) and
+sensitivity@<variant> (measures every layer group; does not read the budget, so editing a budget,
+its ranking included, does not rerun it), search@<variant> (ranks the groups and runs the greedy
+search, writes the artifact `<variant>_budget`) and
 evaluate-budget@<variant> (the normal evaluate of that artifact, as row `<variant>_budget`).
 """
 
@@ -18,16 +19,13 @@ from nemo_ptq.errors import ConfigError
 ACCURACY_FILE = "accuracy.json"  # the search's record, in the searched artifact's folder
 BUDGET_SUFFIX = "_budget"  # the row and artifact name of a variant's searched model
 METRICS = ("wer_vs_fp32", "wer")
-RANKINGS = ("sqnr", "wer_vs_fp32")
+RANKINGS = ("sqnr_per_mac", "sqnr", "wer_vs_fp32")
 
 
 @dataclass(frozen=True)
 class SensitivityParams:
     # dev utterances each trial transcribes (every k-th of the dev set, so lengths stay representative)
     max_utterances: int = 40
-    # what orders the groups: the logit SQNR gain of keeping the group float (continuous, so it also
-    # orders groups whose WER gain on a small dev set is zero), or the WER-vs-FP32 gain (SQNR breaks ties)
-    rank_by: str = "sqnr"
     threads: int = 2  # intra-op threads of each trial's runtime (and of the search's speed check)
 
     def __post_init__(self) -> None:
@@ -35,7 +33,6 @@ class SensitivityParams:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        check_choices(self, {"rank_by": RANKINGS})
 
 
 @dataclass(frozen=True)
@@ -46,9 +43,13 @@ class AccuracyBudget:
     metric: str = "wer_vs_fp32"
     # the search gives up (an error, no artifact) rather than keep more than this share of the MACs float
     max_float_mac_fraction: float = 0.5
+    # the order in which the search makes groups float: logit SQNR gain per float MAC (cheap groups
+    # that help go first: the fastest model), SQNR gain alone (continuous, so it also orders groups
+    # whose WER gain on a small dev set is zero), or WER-vs-FP32 gain; the other gain breaks ties
+    rank_by: str = "sqnr_per_mac"
 
     def __post_init__(self) -> None:
-        check_choices(self, {"metric": METRICS})
+        check_choices(self, {"metric": METRICS, "rank_by": RANKINGS})
         for name in ("max_wer_increase", "max_float_mac_fraction"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:

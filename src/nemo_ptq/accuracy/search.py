@@ -1,19 +1,41 @@
-"""The greedy budget search: keep the k top-ranked groups float, for k = 0, 1, 2, ..., and stop at
-the first k whose dev score keeps the budget.
+"""The greedy budget search: rank the groups of a sensitivity table by the budget's `rank_by`,
+keep the k top-ranked groups float, for k = 0, 1, 2, ..., and stop at the first k whose dev score
+keeps the budget.
 
-Deterministic: the ranking is a saved table and each trial is a deterministic quantize and a
+Deterministic: the ranking comes from a saved table and each trial is a deterministic quantize and a
 pass over fixed dev utterances. It gives up with a `BudgetError` once the next k would keep more
 than `max_float_mac_fraction` of the MACs float, or the ranking runs out.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from nemo_ptq.accuracy.config import AccuracyBudget
 from nemo_ptq.accuracy.groups import LayerGroup
 from nemo_ptq.errors import BudgetError
+
+
+# per rank_by: the row's primary and tie-breaking keys, larger first
+_RANK_KEYS = {
+    "sqnr_per_mac": ("sqnr_gain_db", "wer_vs_fp32_gain", True),
+    "sqnr": ("sqnr_gain_db", "wer_vs_fp32_gain", False),
+    "wer_vs_fp32": ("wer_vs_fp32_gain", "sqnr_gain_db", False),
+}
+
+
+def rank_groups(rows: Sequence[Mapping], rank_by: str) -> list[LayerGroup]:
+    """A sensitivity table's groups, most worth keeping float first (ties: forward order).
+    `sqnr_per_mac` divides the SQNR gain by the group's MACs, the cost of running it in float, so a
+    cheap group that helps comes before a costly one that helps a little more."""
+    primary, secondary, per_mac = _RANK_KEYS[rank_by]
+
+    def key(row: Mapping) -> tuple:
+        value = row[primary] / max(1, int(row["macs"])) if per_mac else row[primary]
+        return -value, -row[secondary], row["forward_index"]
+
+    return [LayerGroup(row["group"], tuple(row["layers"]), int(row["macs"])) for row in sorted(rows, key=key)]
 
 
 @dataclass(frozen=True)

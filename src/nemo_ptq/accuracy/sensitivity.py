@@ -1,8 +1,9 @@
 """Per-group sensitivity: the full-INT8 model, then one trial per layer group kept float.
 
 A group's gain is what keeping it float recovers against full INT8 on the dev set: SQNR gain in dB
-of the log-probs and WER-vs-FP32 gain in words. Groups are ranked by `rank_by` (ties: the other
-gain, then forward order), most helpful first: the order in which the search makes them float.
+of the log-probs and WER-vs-FP32 gain in words. The table lists groups by SQNR gain (ties: WER gain,
+then forward order); the search ranks them again by its budget's `rank_by`
+(`nemo_ptq.accuracy.search.rank_groups`), so a ranking is chosen without rerunning the trials.
 A group the backend cannot keep float (onnxruntime's optimizer re-quantizes some lone layers) is
 listed under `not_floatable` with the reason, and is never chosen.
 """
@@ -20,8 +21,7 @@ from nemo_ptq.accuracy.trials import TrialResult, Trials
 from nemo_ptq.errors import FloatLayerError
 
 
-def measure(trials: Trials, full: TrialResult, groups: Sequence[LayerGroup], rank_by: str,
-            progress: bool = True) -> dict:
+def measure(trials: Trials, full: TrialResult, groups: Sequence[LayerGroup], progress: bool = True) -> dict:
     """`full` is the full-INT8 trial (`trials.run([])`), `groups` its INT8 layers in groups."""
     rows, refused = [], []
     for index, group in enumerate(tqdm(groups, desc="sensitivity", unit="group", disable=not progress,
@@ -37,22 +37,14 @@ def measure(trials: Trials, full: TrialResult, groups: Sequence[LayerGroup], ran
             "wer_vs_fp32_gain": full.score["wer_vs_fp32"] - result.score["wer_vs_fp32"],
             "score": result.score,
         })
-    primary, secondary = ("sqnr_gain_db", "wer_vs_fp32_gain") if rank_by == "sqnr" else \
-        ("wer_vs_fp32_gain", "sqnr_gain_db")
-    ranked = sorted(rows, key=lambda row: (-row[primary], -row[secondary], row["forward_index"]))
+    ranked = sorted(rows, key=lambda row: (-row["sqnr_gain_db"], -row["wer_vs_fp32_gain"], row["forward_index"]))
     return {
-        "rank_by": rank_by,
         "dev_utterances": len(trials.scorer),
         "full_int8": {"score": full.score, "int8_weight_mac_fraction": full.info.int8_weight_mac_fraction,
                       "float_layers": [p for p, prec in full.info.layer_precisions.items() if prec != "int8"]},
         "groups": ranked,
         "not_floatable": refused,
     }
-
-
-def ranked_groups(table: dict) -> list[LayerGroup]:
-    """The ranking of a saved sensitivity table, as groups."""
-    return [LayerGroup(row["group"], tuple(row["layers"]), int(row["macs"])) for row in table["groups"]]
 
 
 def plot(table: dict, path: Path, title: str) -> None:
