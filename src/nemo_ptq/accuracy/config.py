@@ -19,7 +19,7 @@ from nemo_ptq.errors import ConfigError
 ACCURACY_FILE = "accuracy.json"  # the search's record, in the searched artifact's folder
 BUDGET_SUFFIX = "_budget"  # the row and artifact name of a variant's searched model
 METRICS = ("wer_vs_fp32", "wer")
-RANKINGS = ("sqnr_per_mac", "sqnr", "wer_vs_fp32")
+RANKINGS = ("sqnr", "sqnr_per_mac", "wer_vs_fp32")
 
 
 @dataclass(frozen=True)
@@ -43,10 +43,10 @@ class AccuracyBudget:
     metric: str = "wer_vs_fp32"
     # the search gives up (an error, no artifact) rather than keep more than this share of the MACs float
     max_float_mac_fraction: float = 0.5
-    # the order in which the search makes groups float: logit SQNR gain per float MAC (cheap groups
-    # that help go first: the fastest model), SQNR gain alone (continuous, so it also orders groups
-    # whose WER gain on a small dev set is zero), or WER-vs-FP32 gain; the other gain breaks ties
-    rank_by: str = "sqnr_per_mac"
+    # the order in which the search makes groups float: logit SQNR gain (continuous, so it also
+    # orders groups whose WER gain on a small dev set is zero), SQNR gain per float MAC (cheap
+    # groups that help go first), or WER-vs-FP32 gain; the other gain breaks ties
+    rank_by: str = "sqnr"
 
     def __post_init__(self) -> None:
         check_choices(self, {"metric": METRICS, "rank_by": RANKINGS})
